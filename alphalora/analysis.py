@@ -1,0 +1,384 @@
+"""Model → per-matrix and per-layer tables of heavy-tailed spectral metrics.
+
+Streams matrices one at a time from a :class:`~alphalora.sources.ModelSource` (peak memory
+is a few matrices), takes the eigenvalues of WᵀW, fits a power law and collects the
+metrics. Results are cached on disk, keyed by the weights' fingerprint and the options, so
+a second analysis of the same model loads instantly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from alphalora import __version__
+from alphalora.errors import AlphaLoRAError
+from alphalora.fits import PowerLawFit, fit_power_law
+from alphalora.metrics import check_matrix, reliability_warning, spectrum_metrics
+from alphalora.paths import atomic_write_json, subdir
+from alphalora.sources import MatrixInfo, ModelSource, open_source
+from alphalora.spectra import eigenvalues, eigenvalues_batched, resolve_device
+
+FIT_MODES = ("hill-peak", "clauset")
+#: Bumped whenever a change alters the numbers, so that stale caches are not reused.
+CACHE_VERSION = 1
+#: Column order of the per-matrix table (the CLI's --out file keeps these names).
+MATRIX_COLUMNS = [
+    "name", "layer", "kind", "rows", "cols", "alpha", "xmin", "D", "n_tail", "n_eigs",
+    "lambda_max", "log_spectral_norm", "log_norm", "alpha_weighted", "stable_rank",
+    "reliable", "warning",
+]  # fmt: skip
+
+#: progress(done, total, message)
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """What to compute. ``fit`` picks the xmin search (METHOD.md §3); ``log10_quirk``
+    reproduces AlphaLoRA's hill-peak lower bound bug; ``esd_scale`` is ``"none"`` (AlphaLoRA,
+    eigenvalues of WᵀW) or ``"N"`` (WeightWatcher, WᵀW / N)."""
+
+    fit: str = "hill-peak"
+    device: str = "auto"
+    precision: str = "float64"
+    include_non_block: bool = False
+    log10_quirk: bool = False
+    esd_scale: str = "none"
+
+    def validate(self) -> None:
+        """Raise :class:`AlphaLoRAError` on an unknown option value."""
+        if self.fit not in FIT_MODES:
+            raise AlphaLoRAError(
+                f"Unknown fit mode {self.fit!r}; choose one of {', '.join(FIT_MODES)}."
+            )
+        if self.precision not in ("float32", "float64"):
+            raise AlphaLoRAError(f"Unknown precision {self.precision!r}; use float32 or float64.")
+        if self.esd_scale not in ("none", "N"):
+            raise AlphaLoRAError(f"Unknown esd_scale {self.esd_scale!r}; use 'none' or 'N'.")
+
+    def cache_key_part(self) -> dict[str, Any]:
+        """The options that change the numbers (the device does not)."""
+        d = asdict(self)
+        d.pop("device")
+        return d
+
+
+@dataclass
+class AnalysisResult:
+    """The tables of one analysis, plus the spectra for plotting."""
+
+    ref: str
+    model: dict[str, Any]
+    options: AnalysisOptions
+    matrices: pd.DataFrame
+    layers: pd.DataFrame
+    eigenvalues: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    fingerprint: str = ""
+    elapsed_s: float = 0.0
+    device: str = "cpu"
+    from_cache: bool = False
+    cache_dir: Path | None = None
+
+    @property
+    def layer_alphas(self) -> list[float]:
+        """Mean alpha per transformer block, in layer order (the AlphaLoRA layer score)."""
+        return [float(a) for a in self.layers["alpha_mean"]]
+
+    def summary(self) -> dict[str, Any]:
+        """A few headline figures for printing or display."""
+        m = self.matrices
+        return {
+            "model": self.model.get("name", self.ref),
+            "family": self.model.get("family"),
+            "layers": int(self.layers.shape[0]),
+            "matrices": int(m.shape[0]),
+            "parameters": self.model.get("parameters"),
+            "fit": self.options.fit,
+            "alpha_mean": float(np.nanmean(m["alpha"])) if len(m) else math.nan,
+            "flagged": int((~m["reliable"]).sum()) if len(m) else 0,
+            "seconds": round(self.elapsed_s, 2),
+            "device": self.device,
+            "from_cache": self.from_cache,
+        }
+
+
+def _fit(eigs: np.ndarray, opts: AnalysisOptions) -> PowerLawFit:
+    if opts.fit == "hill-peak":
+        return fit_power_law(eigs, "hill-peak", log10_quirk=opts.log10_quirk)
+    return fit_power_law(eigs, opts.fit)
+
+
+def matrix_row(
+    info: MatrixInfo, eigs: np.ndarray | None, opts: AnalysisOptions, problem: str | None
+) -> dict[str, Any]:
+    """One row of the per-matrix table from a matrix's eigenvalues (or the reason it has none)."""
+    rows, cols = info.shape
+    base: dict[str, Any] = {
+        "name": info.name,
+        "layer": info.layer,
+        "kind": info.kind,
+        "rows": rows,
+        "cols": cols,
+    }
+    if problem is not None or eigs is None:
+        nan_metrics = dict.fromkeys(MATRIX_COLUMNS[5:-2], math.nan)
+        nan_metrics["n_tail"] = 0
+        nan_metrics["n_eigs"] = 0 if eigs is None else int(eigs.size)
+        return {**base, **nan_metrics, "reliable": False, "warning": problem or "no spectrum"}
+    fit = _fit(eigs, opts)
+    scale = 1.0 / max(rows, cols) if opts.esd_scale == "N" else 1.0
+    metrics = spectrum_metrics(eigs, fit, scale=scale)
+    warning = reliability_warning(fit, int(eigs.size))
+    return {**base, **metrics, "reliable": not warning, "warning": warning}
+
+
+def layer_table(matrices: pd.DataFrame) -> pd.DataFrame:
+    """One row per transformer block: mean alpha (the AlphaLoRA score), spread, the
+    per-kind alphas as ``alpha_<kind>`` columns and how many of its fits are flagged."""
+    block = matrices[matrices["layer"].notna()].copy()
+    if block.empty:
+        return pd.DataFrame(columns=["layer", "alpha_mean", "alpha_std", "n_matrices", "n_flagged"])
+    block["layer"] = block["layer"].astype(int)
+    grouped = block.groupby("layer", sort=True)
+    out = pd.DataFrame(
+        {
+            "alpha_mean": grouped["alpha"].mean(),
+            "alpha_std": grouped["alpha"].std(ddof=0),
+            "alpha_weighted_mean": grouped["alpha_weighted"].mean(),
+            "log_norm_mean": grouped["log_norm"].mean(),
+            "n_matrices": grouped.size(),
+            "n_flagged": grouped["reliable"].apply(lambda s: int((~s.astype(bool)).sum())),
+        }
+    )
+    per_kind = block.pivot_table(index="layer", columns="kind", values="alpha", aggfunc="mean")
+    per_kind.columns = [f"alpha_{k}" for k in per_kind.columns]
+    return out.join(per_kind).reset_index()
+
+
+_KIND_ORDER = {k: i for i, k in enumerate(
+    ("q_proj", "k_proj", "v_proj", "qkv", "o_proj", "gate_proj", "up_proj", "gate_up", "down_proj")
+)}  # fmt: skip
+
+
+def _matrix_order(info: MatrixInfo) -> tuple[int, int, str]:
+    """Layer by layer, projections in the forward pass's order; non-block matrices last."""
+    layer = info.layer if info.layer is not None else 1 << 30
+    return layer, _KIND_ORDER.get(info.kind, 99), info.name
+
+
+def _cache_key(fingerprint: str, opts: AnalysisOptions) -> str:
+    blob = json.dumps(
+        {"fp": fingerprint, "opts": opts.cache_key_part(), "v": CACHE_VERSION}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _load_cached(
+    path: Path, ref: str, opts: AnalysisOptions, fingerprint: str
+) -> AnalysisResult | None:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        matrices = pd.read_parquet(path / "matrices.parquet")
+        layers = pd.read_parquet(path / "layers.parquet")
+        with np.load(path / "eigenvalues.npz") as npz:
+            eigs = {meta["eig_names"][int(k[1:])]: npz[k] for k in npz.files}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None  # a damaged cache entry is recomputed, never trusted
+    return AnalysisResult(
+        ref=ref, model=meta["model"], options=opts, matrices=matrices, layers=layers, eigenvalues=eigs,
+        fingerprint=fingerprint, elapsed_s=meta.get("elapsed_s", 0.0), device=meta.get("device", "cpu"),
+        from_cache=True, cache_dir=path,
+    )  # fmt: skip
+
+
+def _save_cache(path: Path, result: AnalysisResult) -> None:
+    """Write the result into ``path`` atomically (temp folder, then rename)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        result.matrices.to_parquet(tmp / "matrices.parquet", index=False)
+        result.layers.to_parquet(tmp / "layers.parquet", index=False)
+        names = list(result.eigenvalues)
+        np.savez_compressed(
+            tmp / "eigenvalues.npz", **{f"e{i}": result.eigenvalues[n] for i, n in enumerate(names)}
+        )
+        atomic_write_json(
+            tmp / "meta.json",
+            {
+                "ref": result.ref, "model": result.model, "options": asdict(result.options),
+                "fingerprint": result.fingerprint, "elapsed_s": result.elapsed_s, "device": result.device,
+                "eig_names": names, "alphalora_version": __version__, "created_at": time.time(),
+            },
+        )  # fmt: skip
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _spectra(
+    source: ModelSource,
+    infos: list[MatrixInfo],
+    opts: AnalysisOptions,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> Iterable[tuple[MatrixInfo, np.ndarray | None, str | None]]:
+    """Yield (info, eigenvalues or None, problem) per matrix, streaming from the source.
+
+    On a GPU, same-shaped matrices are batched (a few at a time, bounded memory); on the
+    CPU they go one by one, which is as fast with a threaded eigen-solver.
+    """
+    dtype = torch.float64 if opts.precision == "float64" else torch.float32
+    batch_bytes = 512 * 2**20 if device.type == "cuda" else 0
+    pending: list[tuple[MatrixInfo, torch.Tensor]] = []
+    total = len(infos)
+    done = 0
+
+    def flush() -> Iterable[tuple[MatrixInfo, np.ndarray | None, str | None]]:
+        nonlocal done
+        if not pending:
+            return
+        mats = [w for _, w in pending]
+        eigs_list = (
+            eigenvalues_batched(mats, dtype=dtype, device=device)
+            if len(mats) > 1
+            else [eigenvalues(mats[0], dtype=dtype, device=device)]
+        )
+        for (info, _), eigs in zip(pending, eigs_list, strict=True):
+            done += 1
+            if progress:
+                progress(done, total, info.name)
+            yield info, eigs, None
+        pending.clear()
+
+    for info in infos:
+        try:
+            w = source.load(info.name)
+        except AlphaLoRAError as exc:
+            done += 1
+            if progress:
+                progress(done, total, info.name)
+            yield info, None, str(exc)
+            continue
+        finite = bool(torch.isfinite(w).all())
+        fro = float(torch.linalg.vector_norm(w.double()) ** 2) if finite else math.nan
+        problem = check_matrix(tuple(w.shape), finite, fro)
+        if problem is not None:
+            done += 1
+            if progress:
+                progress(done, total, info.name)
+            yield info, None, problem.reason
+            continue
+        if pending and (tuple(pending[0][1].shape) != tuple(w.shape)
+                        or (len(pending) + 1) * w.numel() * 8 > batch_bytes):  # fmt: skip
+            yield from flush()
+        pending.append((info, w))
+        if batch_bytes == 0:
+            yield from flush()
+    yield from flush()
+
+
+def analyze(
+    ref: str | Path | ModelSource,
+    options: AnalysisOptions | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    use_cache: bool = True,
+    keep_eigenvalues: bool = True,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> AnalysisResult:
+    """Analyse every 2-D block matrix of a model (hub id, folder, file or ``"embedded"``).
+
+    Returns per-matrix and per-layer DataFrames. Matrices that cannot be fitted (NaN/Inf,
+    all zeros, a single row) get NaN metrics and a ``warning``; the rest completes.
+    """
+    opts = options or AnalysisOptions()
+    opts.validate()
+    source = (
+        ref
+        if isinstance(ref, ModelSource)
+        else open_source(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    )
+    device = resolve_device(opts.device)
+    fingerprint = source.fingerprint()
+    cache_path = subdir("analyses") / _cache_key(fingerprint, opts)
+    if use_cache and cache_path.exists():
+        cached = _load_cached(cache_path, str(source.ref), opts, fingerprint)
+        if cached is not None:
+            if progress:
+                n = len(cached.matrices)
+                progress(n, n, "loaded from cache")
+            return cached
+
+    infos = sorted(source.matrices(include_non_block=opts.include_non_block), key=_matrix_order)
+    if not infos:
+        raise AlphaLoRAError(
+            f"{source.ref}: no 2-D weight matrices found, so there is nothing to analyse. "
+            "Check that the path points at a model checkpoint."
+        )
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    eigs_by_name: dict[str, np.ndarray] = {}
+    for info, eigs, problem in _spectra(source, infos, opts, device, progress):
+        rows.append(matrix_row(info, eigs, opts, problem))
+        if keep_eigenvalues and eigs is not None:
+            eigs_by_name[info.name] = eigs.astype(np.float32) if eigs.size > 4096 else eigs
+    matrices = pd.DataFrame(rows, columns=MATRIX_COLUMNS)
+    matrices["layer"] = matrices["layer"].astype("Int64")
+    result = AnalysisResult(
+        ref=str(source.ref), model=source.describe(), options=opts, matrices=matrices,
+        layers=layer_table(matrices), eigenvalues=eigs_by_name, fingerprint=fingerprint,
+        elapsed_s=time.perf_counter() - start, device=str(device), cache_dir=cache_path,
+    )  # fmt: skip
+    if use_cache and keep_eigenvalues:
+        try:
+            _save_cache(cache_path, result)
+        except OSError as exc:  # the analysis itself is still good: report, do not lose it
+            result.cache_dir = None
+            result.model = {**result.model, "cache_error": str(exc)}
+    return result
+
+
+def layer_alphas(ref: str | Path, fit: str = "hill-peak", device: str = "auto") -> list[float]:
+    """Per-layer mean alpha of a model (cached), the input of the AlphaLoRA allocation."""
+    result = analyze(ref, AnalysisOptions(fit=fit, device=device))
+    alphas = result.layer_alphas
+    bad = [i for i, a in enumerate(alphas) if not np.isfinite(a)]
+    if bad:
+        raise AlphaLoRAError(
+            f"Layers {bad} have no valid alpha (every matrix failed to fit); cannot allocate."
+        )
+    return alphas
+
+
+def export_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table to CSV, JSON (records) or Parquet, chosen by the file's suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json", ".parquet"):
+        raise AlphaLoRAError(f"Cannot write {path.name}: use a .csv, .json or .parquet file name.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if suffix == ".csv":
+        df.to_csv(tmp, index=False)
+    elif suffix == ".json":
+        df.to_json(tmp, orient="records", indent=1)
+    else:
+        df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,322 @@
+"""`python -m alphalora allocate`: layer alphas (or a MoLA shape) → experts per layer."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from alphalora import allocation as alloc
+from alphalora.errors import AlphaLoRAError
+from alphalora.paths import atomic_write_text
+
+EXPERTS_PER_LAYER = 5  # default budget: 5 per layer, i.e. the paper's 160 at 32 layers
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+_NUMBER_SPLIT = re.compile(r"[,\s;]+")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``allocate`` sub-command."""
+    p = subparsers.add_parser(
+        "allocate",
+        help="turn layer alphas into LoRA experts per layer",
+        description=(
+            "Allocate LoRA experts per layer from layer alphas (AlphaLoRA) or a fixed MoLA "
+            "shape. Alphas come from --alphas (a comma list or a file: an `analyze` output "
+            ".csv/.json/.parquet, or a list of numbers .txt/.json) or from --preset."
+        ),
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--alphas", metavar="A1,A2,…|FILE", help="layer alphas, comma-separated, or a file"
+    )
+    src.add_argument("--preset", metavar="NAME", help="published alphas: llama2-7b")
+    p.add_argument(
+        "--shape",
+        metavar="SHAPE",
+        help="MoLA shape instead of alphas (8642, 2468, 8228, 2882, 5555, 4444, diamond, ◇, "
+        "…, or 'uniform')",
+    )
+    p.add_argument(
+        "--layers", type=int, metavar="L", help="layer count for --shape without alphas (32)"
+    )
+    p.add_argument(
+        "--budget",
+        type=int,
+        metavar="T",
+        help=f"total experts (default: {EXPERTS_PER_LAYER} per layer, 160 at 32 layers; "
+        "for --shape the shape's own total)",
+    )
+    temp = p.add_mutually_exclusive_group()
+    temp.add_argument("--beta", type=float, metavar="B", help="inverse temperature (2.5)")
+    temp.add_argument("--temperature", type=float, metavar="TAU", help="temperature τ = 1/β")
+    p.add_argument(
+        "--mode",
+        choices=("official", "default"),
+        help="official: the reference formula exactly (can give 0); default: largest "
+        "remainder with bounds (the default)",
+    )
+    p.add_argument("--min", type=int, dest="min_experts", metavar="N", help="per layer ≥ N")
+    p.add_argument("--max", type=int, dest="max_experts", metavar="N", help="per layer ≤ N")
+    p.add_argument("--top-k", type=int, default=2, metavar="K", help="router top-k (2)")
+    p.add_argument(
+        "--min-at-least-top-k",
+        action="store_true",
+        help="raise the per-layer minimum to top-k (default mode)",
+    )
+    p.add_argument("--rank", type=int, default=8, metavar="R", help="LoRA rank for counts (8)")
+    p.add_argument(
+        "--config",
+        metavar="CONFIG.json",
+        help="a model config.json (Llama-style) to count trainable parameters",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", metavar="FILE.json", help="also save the allocation as JSON")
+    p.set_defaults(handler=run)
+
+
+# --------------------------------------------------------------------------- reading alphas
+
+
+def _parse_numbers(text: str, where: str) -> list[float]:
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    tokens = [t for t in _NUMBER_SPLIT.split(" ".join(lines)) if t]
+    if not tokens:
+        raise AlphaLoRAError(f"No numbers found in {where}.")
+    values = []
+    for t in tokens:
+        try:
+            values.append(float(t))
+        except ValueError:
+            raise AlphaLoRAError(
+                f"{where} must hold numbers separated by commas or spaces; {t!r} is not one."
+            ) from None
+    return values
+
+
+def _alphas_from_frame(df: Any, where: str) -> list[float]:
+    cols = {str(c).lower(): c for c in df.columns}
+    if "alpha" not in cols and "alpha_mean" in cols and "layer" in cols:  # a per-layer table
+        cols["alpha"] = cols.pop("alpha_mean")
+    if "alpha" in cols and "layer" in cols:
+        return alloc.layer_alphas_from_table(
+            df.rename(columns={cols["alpha"]: "alpha", cols["layer"]: "layer"})
+        )
+    if "alpha" in cols:
+        return [float(v) for v in df[cols["alpha"]].tolist()]
+    if df.shape[1] == 1:
+        return [float(v) for v in df.iloc[:, 0].tolist()]
+    raise AlphaLoRAError(
+        f"{where} has columns {list(df.columns)}; expected an `analyze` table (name, layer, "
+        "kind, alpha) or a single column of layer alphas."
+    )
+
+
+def _alphas_from_json(data: Any, where: str) -> list[float]:
+    import pandas as pd
+
+    if isinstance(data, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in data
+    ):
+        return [float(v) for v in data]
+    if isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
+        return _alphas_from_frame(pd.DataFrame(data), where)
+    if isinstance(data, dict):
+        if "alphas" in data and isinstance(data["alphas"], list):
+            return _alphas_from_json(data["alphas"], where)
+        for key in ("matrices", "rows", "records", "data", "table"):
+            if isinstance(data.get(key), list):
+                return _alphas_from_json(data[key], where)
+        if "alpha" in data:
+            try:
+                return _alphas_from_frame(pd.DataFrame(data), where)
+            except ValueError as exc:
+                raise AlphaLoRAError(f"{where} could not be read as a table: {exc}.") from exc
+    raise AlphaLoRAError(
+        f"{where} is neither a list of numbers nor an `analyze` table (rows with layer, alpha)."
+    )
+
+
+def read_alphas(spec: str) -> list[float]:
+    """Layer alphas from a comma list or a file (analyze table or a list of numbers)."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        looks_like_path = any(ch in spec for ch in "/\\") or bool(
+            re.search(r"\.[A-Za-z]\w*$", spec.strip())
+        )
+        if looks_like_path:
+            raise AlphaLoRAError(f"Alpha file {spec!r} not found.")
+        return _parse_numbers(spec, "--alphas")
+    where = str(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in TABLE_SUFFIXES:
+            import pandas as pd
+
+            df = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+            return _alphas_from_frame(df, where)
+        text = path.read_text(encoding="utf-8")
+    except AlphaLoRAError:
+        raise
+    except (OSError, ValueError, ImportError, UnicodeDecodeError) as exc:
+        raise AlphaLoRAError(f"Cannot read {where}: {exc}") from exc
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AlphaLoRAError(f"{where} is not valid JSON: {exc}.") from exc
+        return _alphas_from_json(data, where)
+    return _parse_numbers(text, where)
+
+
+def _read_config_shapes(spec: str) -> dict[str, tuple[int, int]]:
+    path = Path(spec).expanduser()
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AlphaLoRAError(f"Cannot read the model config {spec}: {exc.strerror}.") from exc
+    except json.JSONDecodeError as exc:
+        raise AlphaLoRAError(f"The model config {spec} is not valid JSON: {exc}.") from exc
+    if not isinstance(config, dict):
+        raise AlphaLoRAError(f"The model config {spec} must be a JSON object.")
+    return alloc.module_shapes_from_config(config)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _build(args: argparse.Namespace) -> tuple[alloc.Allocation, dict | None]:
+    """The allocation the arguments ask for, and module shapes if known (for counts)."""
+    from alphalora.presets import get_preset
+
+    alphas: list[float] | None = None
+    shapes = None
+    preset_budget = None
+    if args.preset:
+        preset = get_preset(args.preset)
+        alphas, shapes, preset_budget = preset["alphas"], preset["module_shapes"], preset["budget"]
+    elif args.alphas:
+        alphas = read_alphas(args.alphas)
+    if args.config:
+        shapes = _read_config_shapes(args.config)
+
+    if args.shape:
+        used = [
+            flag
+            for flag, value in (
+                ("--beta", args.beta),
+                ("--temperature", args.temperature),
+                ("--mode", args.mode),
+                ("--min", args.min_experts),
+                ("--max", args.max_experts),
+            )
+            if value is not None
+        ]
+        if used:
+            raise AlphaLoRAError(
+                f"{', '.join(used)} cannot be combined with --shape "
+                "(they tune the alpha-based allocation)."
+            )
+        if alphas is not None and args.layers is not None and args.layers != len(alphas):
+            raise AlphaLoRAError(
+                f"--layers {args.layers} disagrees with the {len(alphas)} alphas given."
+            )
+        n_layers = len(alphas) if alphas is not None else (args.layers or 32)
+        if args.shape.strip().lower() == "uniform":
+            budget = args.budget if args.budget is not None else EXPERTS_PER_LAYER * n_layers
+            result = alloc.uniform(n_layers, budget, top_k=args.top_k)
+        else:
+            result = alloc.mola_shape(args.shape, n_layers, args.budget)
+        if alphas is not None:
+            result = dataclasses.replace(result, alphas=tuple(alphas))
+        return result, shapes
+
+    if alphas is None:
+        raise AlphaLoRAError("Give layer alphas with --alphas or --preset, or a --shape.")
+    if args.layers is not None and args.layers != len(alphas):
+        raise AlphaLoRAError(f"--layers {args.layers} disagrees with the {len(alphas)} alphas.")
+    if args.temperature is not None:
+        beta = alloc.temperature_to_beta(args.temperature)
+    else:
+        beta = 2.5 if args.beta is None else args.beta
+    budget = args.budget
+    if budget is None:
+        budget = preset_budget or EXPERTS_PER_LAYER * len(alphas)
+    if args.mode == "official":
+        if args.min_experts is not None or args.max_experts is not None:
+            raise AlphaLoRAError(
+                "--min/--max only apply to --mode default; the official mode has no bounds."
+            )
+        if args.min_at_least_top_k:
+            raise AlphaLoRAError("--min-at-least-top-k only applies to --mode default.")
+        return alloc.alphalora_official(alphas, budget=budget, beta=beta), shapes
+    result = alloc.alphalora_allocation(
+        alphas,
+        budget,
+        beta,
+        min_experts=1 if args.min_experts is None else args.min_experts,
+        max_experts=args.max_experts,
+        top_k=args.top_k,
+        min_at_least_top_k=args.min_at_least_top_k,
+    )
+    return result, shapes
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def format_table(result: alloc.Allocation, params: int | None = None) -> str:
+    """A readable per-layer table with bars, then the totals."""
+    widest = max(result.experts)
+    scale = 1.0 if widest <= 40 else 40 / widest
+    lines = [result.label or result.method, ""]
+    lines.append(f"{'layer':>5}  {'alpha':>8}  {'experts':>7}  {'top_k':>5}")
+    for i, (n, k) in enumerate(zip(result.experts, result.top_k, strict=True)):
+        a = "" if result.alphas is None else f"{result.alphas[i]:.3f}"
+        bar = "█" * max(1 if n else 0, round(n * scale))
+        lines.append(f"{i:>5}  {a:>8}  {n:>7}  {k:>5}  {bar}")
+    lines.append("")
+    extra = ""
+    if result.beta is not None:
+        tau = alloc.beta_to_temperature(result.beta)
+        extra = f", beta {result.beta:g} (temperature {'inf' if math.isinf(tau) else f'{tau:g}'})"
+    lines.append(
+        f"total {result.total} experts over {result.n_layers} layers "
+        f"(method {result.method}{extra})"
+    )
+    if params is not None:
+        lines.append(f"trainable parameters: {params:,}")
+    for warning in result.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler: build, print (table or JSON), optionally save."""
+    result, shapes = _build(args)
+    params = None
+    if shapes:
+        params = alloc.trainable_parameters(result, shapes, rank=args.rank)
+    if args.out:
+        target = Path(args.out).expanduser()
+        try:
+            atomic_write_text(target, result.to_json())
+        except OSError as exc:
+            raise AlphaLoRAError(f"Cannot write {target}: {exc.strerror or exc}.") from exc
+    if args.json:
+        payload = result.to_dict()
+        if params is not None:
+            payload["trainable_parameters"] = params
+        print(json.dumps(payload, ensure_ascii=False))
+        if args.out:
+            print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(format_table(result, params))
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,509 @@
+"""Plotly figure builders for the app and notebooks: data in, figure out.
+
+No I/O and no Streamlit here: every function takes tables/arrays and returns a
+``plotly.graph_objects.Figure`` with axis titles (with units or conventions), hover values and
+a legend, so the same charts work in the app, a notebook or an exported HTML file.
+Eigenvalues are those of WᵀW without a 1/N factor (AlphaLoRA's convention, METHOD.md §2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+EIGEN_AXIS_TITLE = "eigenvalue λ of WᵀW (squared singular value, no 1/N)"
+DENSITY_AXIS_TITLE = "density p(λ) (share of eigenvalues per unit λ)"
+LAYER_AXIS_TITLE = "layer (transformer block index)"
+ALPHA_AXIS_TITLE = "α (power-law exponent of the ESD tail, dimensionless)"
+EXPERTS_AXIS_TITLE = "LoRA experts in the layer (count)"
+STEP_AXIS_TITLE = "training step (optimizer updates)"
+
+#: The usual order of a transformer block's projections (others follow alphabetically).
+KIND_ORDER = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "gate_up",
+)  # fmt: skip
+_NOT_KIND = {"alpha_mean", "alpha_std", "alpha_weighted_mean"}
+COLOURS = (
+    "#6C3FC5", "#E4572E", "#17BEBB", "#FFC914", "#2E86AB", "#76B041", "#B5179E", "#8D6A9F",
+    "#F18F01", "#3A3A3A",
+)  # fmt: skip
+_SYMBOLS = ("circle", "square", "diamond", "cross", "x", "triangle-up", "triangle-down", "star")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, **extra: Any) -> go.Figure:
+    """Common look: white template, titled axes, closest-point hover, legend on top."""
+    fig.update_layout(
+        title={"text": title, "x": 0.0, "xanchor": "left"},
+        template="plotly_white",
+        hovermode="closest",
+        margin={"l": 70, "r": 30, "t": 60, "b": 60},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1.0},
+        **extra,
+    )
+    fig.layout.xaxis.title.text = x_title  # the primary axes only (a y2 keeps its own title)
+    fig.layout.yaxis.title.text = y_title
+    return fig
+
+
+def empty_figure(message: str, x_title: str = "", y_title: str = "", title: str = "") -> go.Figure:
+    """A figure with titled axes and a centred note, for charts with no data yet."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+        font={"size": 14, "color": "#666"},
+    )  # fmt: skip
+    return _layout(fig, title, x_title, y_title)
+
+
+def kind_columns(layers: pd.DataFrame) -> list[str]:
+    """The per-kind ``alpha_<kind>`` columns of a layer table, in block order."""
+    cols = [c for c in layers.columns if c.startswith("alpha_") and c not in _NOT_KIND]
+    order = {f"alpha_{k}": i for i, k in enumerate(KIND_ORDER)}
+    return sorted(cols, key=lambda c: (order.get(c, len(order)), c))
+
+
+def _finite(values: Any) -> np.ndarray:
+    return np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- spectra
+
+
+def layer_alpha_figure(
+    layers: pd.DataFrame,
+    *,
+    title: str = "Power-law α per layer (mean over the block's matrices)",
+    highlight_layer: int | None = None,
+    show_kinds: bool = True,
+) -> go.Figure:
+    """Mean α per layer (line, ±1 std error bars) with one marker series per module kind."""
+    x = _finite(layers["layer"]).astype(int)
+    fig = go.Figure()
+    std = _finite(layers["alpha_std"]) if "alpha_std" in layers else None
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=_finite(layers["alpha_mean"]), mode="lines+markers", name="mean α",
+            line={"color": COLOURS[0], "width": 3}, marker={"size": 8},
+            error_y=None if std is None else {"type": "data", "array": std, "visible": True,
+                                              "thickness": 1, "color": "#B8A6E6"},
+            hovertemplate="layer %{x}<br>mean α = %{y:.3f}<extra></extra>",
+        )
+    )  # fmt: skip
+    if show_kinds:
+        for i, col in enumerate(kind_columns(layers)):
+            fig.add_trace(
+                go.Scatter(
+                    x=x, y=_finite(layers[col]), mode="markers", name=col[len("alpha_"):],
+                    marker={"size": 7, "symbol": _SYMBOLS[i % len(_SYMBOLS)],
+                            "color": COLOURS[(i + 1) % len(COLOURS)], "opacity": 0.75},
+                    hovertemplate=f"layer %{{x}}<br>{col[6:]}: α = %{{y:.3f}}<extra></extra>",
+                )
+            )  # fmt: skip
+    if highlight_layer is not None:
+        fig.add_vrect(
+            x0=highlight_layer - 0.5, x1=highlight_layer + 0.5, fillcolor="#FFC914", opacity=0.25,
+            line_width=0, layer="below",
+        )  # fmt: skip
+    fig.update_xaxes(dtick=1 if len(x) <= 40 else None)
+    return _layout(fig, title, LAYER_AXIS_TITLE, ALPHA_AXIS_TITLE, clickmode="event+select")
+
+
+def alpha_heatmap(layers: pd.DataFrame, *, title: str = "α per layer and module kind") -> go.Figure:
+    """Heat map of α with layers on x and module kinds on y (hover shows each value)."""
+    cols = kind_columns(layers)
+    if not cols:
+        return empty_figure("No per-kind α in this table.", LAYER_AXIS_TITLE, "module kind", title)
+    z = np.vstack([_finite(layers[c]) for c in cols])
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=_finite(layers["layer"]).astype(int), y=[c[len("alpha_"):] for c in cols],
+            colorscale="Viridis", colorbar={"title": {"text": "α"}},
+            hovertemplate="layer %{x}<br>%{y}<br>α = %{z:.3f}<extra></extra>",
+        )
+    )  # fmt: skip
+    return _layout(fig, title, LAYER_AXIS_TITLE, "module kind", clickmode="event+select")
+
+
+def log_bins(values: np.ndarray, n_bins: int = 60) -> np.ndarray:
+    """``n_bins + 1`` log-spaced bin edges spanning the positive ``values``."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return np.array([1.0, 10.0])
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        lo, hi = lo / 1.5, hi * 1.5
+    edges = np.logspace(math.log10(lo), math.log10(hi), int(n_bins) + 1)
+    edges[0], edges[-1] = min(lo, edges[0]), max(hi, edges[-1])  # 10**log10(v) may miss v by an ulp
+    return edges
+
+
+def esd_density(eigs: np.ndarray, n_bins: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Histogram density of the positive eigenvalues on log-spaced bins.
+
+    Returns (bin centres (geometric), density, edges); the density integrates to 1 over the
+    positive eigenvalues, so a power-law fit of the tail is drawn on the same scale.
+    """
+    v = np.asarray(eigs, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    edges = log_bins(v, n_bins)
+    counts, _ = np.histogram(v, bins=edges)
+    widths = np.diff(edges)
+    density = counts / (max(v.size, 1) * widths)
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    return centres, density, edges
+
+
+def power_law_density(lam: np.ndarray, alpha: float, xmin: float, tail_share: float) -> np.ndarray:
+    """Fitted tail density p(λ) = share·(α−1)/xmin·(λ/xmin)^(−α) for λ ≥ xmin."""
+    lam = np.asarray(lam, dtype=np.float64)
+    return tail_share * (alpha - 1.0) / xmin * np.power(lam / xmin, -alpha)
+
+
+def _vertical(x: float, y_lo: float, y_hi: float, name: str, colour: str, dash: str) -> go.Scatter:
+    return go.Scatter(
+        x=[x, x], y=[y_lo, y_hi], mode="lines", name=name,
+        line={"color": colour, "dash": dash, "width": 2},
+        hovertemplate=f"{name}<br>λ = {x:.4g}<extra></extra>",
+    )  # fmt: skip
+
+
+def esd_figure(
+    eigs: np.ndarray,
+    *,
+    alpha: float | None = None,
+    xmin: float | None = None,
+    n_tail: int | None = None,
+    peak: float | None = None,
+    title: str = "Empirical spectral density (log-log)",
+    n_bins: int = 60,
+    mp_curve: tuple[np.ndarray, np.ndarray] | None = None,
+    compare_xmin: float | None = None,
+) -> go.Figure:
+    """The ESD on log-log axes with the fitted power-law tail, xmin and the hill-peak peak.
+
+    ``mp_curve`` (λ, density) overlays a Marchenko–Pastur density; ``compare_xmin`` draws a
+    second power law from another xmin (its α recomputed by Hill's estimator).
+    """
+    v = np.sort(np.asarray(eigs, dtype=np.float64))
+    pos = v[np.isfinite(v) & (v > 0)]
+    if pos.size < 2:
+        return empty_figure("Fewer than two positive eigenvalues: nothing to plot.",
+                            EIGEN_AXIS_TITLE, DENSITY_AXIS_TITLE, title)  # fmt: skip
+    centres, density, _ = esd_density(pos, n_bins)
+    keep = density > 0
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=centres[keep], y=density[keep], mode="lines+markers", name="ESD (histogram)",
+            line={"color": COLOURS[0], "shape": "hvh", "width": 1.5}, marker={"size": 5},
+            hovertemplate="λ ≈ %{x:.4g}<br>density = %{y:.3g}<extra></extra>",
+        )
+    )  # fmt: skip
+    y_lo, y_hi = float(density[keep].min()) / 3, float(density[keep].max()) * 3
+    lam_max = float(pos[-1])
+    if (
+        alpha is not None
+        and xmin is not None
+        and np.isfinite(alpha)
+        and np.isfinite(xmin)
+        and xmin > 0
+    ):
+        tail = n_tail if n_tail is not None else int(np.count_nonzero(pos >= xmin))
+        share = tail / pos.size
+        lam = np.logspace(math.log10(xmin), math.log10(max(lam_max, xmin * 1.01)), 80)
+        fig.add_trace(
+            go.Scatter(
+                x=lam, y=power_law_density(lam, alpha, xmin, share), mode="lines",
+                name=f"power law α = {alpha:.2f}", line={"color": COLOURS[1], "width": 3},
+                hovertemplate="λ = %{x:.4g}<br>fit density = %{y:.3g}<extra></extra>",
+            )
+        )  # fmt: skip
+        fig.add_trace(_vertical(xmin, y_lo, y_hi, f"xmin = {xmin:.4g}", COLOURS[1], "dash"))
+    if compare_xmin is not None and compare_xmin > 0:
+        tail_vals = pos[pos >= compare_xmin]
+        if tail_vals.size >= 2:
+            s = float(np.sum(np.log(tail_vals / compare_xmin)))
+            if s > 0:
+                a2 = 1.0 + tail_vals.size / s
+                lam = np.logspace(math.log10(compare_xmin), math.log10(lam_max), 60)
+                fig.add_trace(
+                    go.Scatter(
+                        x=lam, y=power_law_density(lam, a2, compare_xmin, tail_vals.size / pos.size),
+                        mode="lines", name=f"from your xmin: α = {a2:.2f}",
+                        line={"color": COLOURS[4], "width": 2, "dash": "dot"},
+                        hovertemplate="λ = %{x:.4g}<br>density = %{y:.3g}<extra></extra>",
+                    )
+                )  # fmt: skip
+                fig.add_trace(_vertical(compare_xmin, y_lo, y_hi, "your xmin", COLOURS[4], "dot"))
+    if peak is not None and np.isfinite(peak) and peak > 0:
+        fig.add_trace(
+            _vertical(peak, y_lo, y_hi, f"hill-peak peak = {peak:.4g}", COLOURS[5], "dashdot")
+        )
+    if mp_curve is not None:
+        mx, my = (np.asarray(a, dtype=np.float64) for a in mp_curve)
+        ok = (mx > 0) & (my > 0) & np.isfinite(my)
+        fig.add_trace(
+            go.Scatter(
+                x=mx[ok], y=my[ok], mode="lines", name="Marchenko–Pastur (random)",
+                line={"color": COLOURS[2], "width": 3},
+                hovertemplate="λ = %{x:.4g}<br>MP density = %{y:.3g}<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log", range=[math.log10(y_lo), math.log10(y_hi)])
+    return _layout(fig, title, EIGEN_AXIS_TITLE, DENSITY_AXIS_TITLE)
+
+
+def ks_scan_figure(
+    scan: pd.DataFrame,
+    *,
+    chosen_xmin: float | None = None,
+    selected_xmin: float | None = None,
+    title: str = "How xmin is chosen: KS distance D and α for every candidate",
+) -> go.Figure:
+    """D (left axis) and α (right axis) against the candidate xmin; the minimum D wins."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=scan["xmin"], y=scan["D"], mode="lines", name="KS distance D",
+            line={"color": COLOURS[0], "width": 2},
+            hovertemplate="xmin = %{x:.4g}<br>D = %{y:.4f}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=scan["xmin"], y=scan["alpha"], mode="lines", name="α at this xmin", yaxis="y2",
+            line={"color": COLOURS[1], "width": 2, "dash": "dot"},
+            hovertemplate="xmin = %{x:.4g}<br>α = %{y:.3f}<extra></extra>",
+        )
+    )  # fmt: skip
+    for xv, name, colour, symbol in (
+        (chosen_xmin, "chosen (smallest D)", COLOURS[1], "star"),
+        (selected_xmin, "your xmin", COLOURS[4], "diamond"),
+    ):
+        if xv is None or scan.empty:
+            continue
+        i = int(np.argmin(np.abs(np.log(scan["xmin"].to_numpy()) - math.log(xv))))
+        row = scan.iloc[i]
+        fig.add_trace(
+            go.Scatter(
+                x=[row["xmin"]], y=[row["D"]], mode="markers", name=name,
+                marker={"size": 14, "symbol": symbol, "color": colour,
+                        "line": {"width": 1, "color": "#222"}},
+                hovertemplate=(f"{name}<br>xmin = %{{x:.4g}}<br>D = %{{y:.4f}}"
+                               f"<br>α = {row['alpha']:.3f}<extra></extra>"),
+            )
+        )  # fmt: skip
+    fig.update_xaxes(type="log")
+    fig.update_layout(
+        yaxis2={"title": {"text": "α (dimensionless)"}, "overlaying": "y", "side": "right",
+                "showgrid": False},
+    )  # fmt: skip
+    return _layout(fig, title, f"candidate xmin ({EIGEN_AXIS_TITLE})", "KS distance D (0–1)")
+
+
+def line_figure(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    *,
+    x_title: str,
+    y_title: str,
+    title: str = "",
+    marker_x: float | None = None,
+    log_x: bool = False,
+) -> go.Figure:
+    """Several named lines over the same x, with an optional vertical marker at ``marker_x``."""
+    fig = go.Figure()
+    for i, (name, ys) in enumerate(series.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=list(x), y=list(ys), mode="lines+markers", name=name,
+                line={"color": COLOURS[i % len(COLOURS)], "width": 2},
+                hovertemplate=f"{name}<br>x = %{{x:.3g}}<br>y = %{{y:.3g}}<extra></extra>",
+            )
+        )  # fmt: skip
+    if marker_x is not None:
+        values = [
+            float(v) for ys in series.values() for v in ys if v is not None and np.isfinite(v)
+        ]
+        if values:
+            lo, hi = min(values), max(values)
+            fig.add_trace(
+                _vertical(float(marker_x), lo, hi, f"current = {marker_x:.3g}", "#888", "dash")
+            )
+    if log_x:
+        fig.update_xaxes(type="log")
+    return _layout(fig, title, x_title, y_title)
+
+
+# --------------------------------------------------------------------------- allocation
+
+
+def allocation_figure(
+    experts: Sequence[int],
+    *,
+    label: str = "AlphaLoRA",
+    comparisons: Mapping[str, Sequence[int]] | None = None,
+    alphas: Sequence[float] | None = None,
+    title: str = "Experts per layer",
+) -> go.Figure:
+    """Bars of experts per layer, comparison allocations as step lines, layer α on a 2nd axis."""
+    n = len(experts)
+    layers = list(range(n))
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=layers, y=list(experts), name=label, marker_color=COLOURS[0], opacity=0.85,
+            hovertemplate="layer %{x}<br>%{y} experts<extra>" + label[:40] + "</extra>",
+        )
+    )  # fmt: skip
+    for i, (name, values) in enumerate((comparisons or {}).items()):
+        if len(values) != n:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=layers, y=list(values), mode="lines", name=name,
+                line={"color": COLOURS[(i + 1) % len(COLOURS)], "width": 2.5, "shape": "hvh",
+                      "dash": ("solid", "dash", "dot")[i % 3]},
+                hovertemplate="layer %{x}<br>%{y} experts<extra>" + name[:40] + "</extra>",
+            )
+        )  # fmt: skip
+    if alphas is not None and len(alphas) == n:
+        fig.add_trace(
+            go.Scatter(
+                x=layers, y=list(alphas), mode="lines+markers", name="layer α (right axis)",
+                yaxis="y2", line={"color": "#555", "width": 1.5, "dash": "dot"},
+                marker={"size": 5}, hovertemplate="layer %{x}<br>α = %{y:.3f}<extra></extra>",
+            )
+        )  # fmt: skip
+        fig.update_layout(
+            yaxis2={"title": {"text": "layer α (mean over the block)"}, "overlaying": "y",
+                    "side": "right", "showgrid": False},
+        )  # fmt: skip
+    fig.update_layout(bargap=0.15)
+    fig.update_xaxes(dtick=1 if n <= 40 else None)
+    fig.update_yaxes(rangemode="tozero")
+    return _layout(fig, title, LAYER_AXIS_TITLE, EXPERTS_AXIS_TITLE)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _run_label(run_id: str, labels: Mapping[str, str] | None) -> str:
+    return (labels or {}).get(run_id) or run_id
+
+
+def metric_curves_figure(
+    metrics: pd.DataFrame,
+    column: str,
+    *,
+    y_title: str,
+    title: str,
+    labels: Mapping[str, str] | None = None,
+    split: str | None = None,
+    log_y: bool = False,
+) -> go.Figure:
+    """One line per run (and per split, eval dashed) of ``column`` against the step."""
+    if metrics is None or metrics.empty or column not in metrics.columns:
+        return empty_figure("No values logged yet.", STEP_AXIS_TITLE, y_title, title)
+    df = metrics if split is None else metrics[metrics["split"] == split]
+    df = df[pd.to_numeric(df[column], errors="coerce").notna()]
+    if df.empty:
+        return empty_figure("No values logged yet.", STEP_AXIS_TITLE, y_title, title)
+    fig = go.Figure()
+    run_ids = list(dict.fromkeys(df["run_id"]))
+    for i, run_id in enumerate(run_ids):
+        for split_name, part in df[df["run_id"] == run_id].groupby("split", sort=True):
+            name = _run_label(run_id, labels)
+            if df["split"].nunique() > 1:
+                name = f"{name} ({split_name})"
+            fig.add_trace(
+                go.Scatter(
+                    x=part["step"], y=part[column].astype(float), mode="lines+markers",
+                    name=name,
+                    line={"color": COLOURS[i % len(COLOURS)], "width": 2,
+                          "dash": "solid" if split_name == "train" else "dash"},
+                    marker={"size": 4 if split_name == "train" else 7},
+                    hovertemplate=f"{name}<br>step %{{x}}<br>{column} = %{{y:.4g}}<extra></extra>",
+                )
+            )  # fmt: skip
+    if log_y:
+        fig.update_yaxes(type="log")
+    return _layout(fig, title, STEP_AXIS_TITLE, y_title)
+
+
+def router_matrix(load: Any) -> np.ndarray:
+    """Router load as a (layer × expert) array, padding layers with fewer experts with NaN.
+
+    Accepts a list of per-layer lists, a dict {layer: list} or a flat list (one layer).
+    """
+    if isinstance(load, Mapping):
+        keys = sorted(load, key=lambda k: int(k) if str(k).lstrip("-").isdigit() else str(k))
+        rows = [load[k] for k in keys]
+    elif (
+        isinstance(load, Sequence | np.ndarray)
+        and len(load)
+        and not isinstance(load[0], Sequence | np.ndarray | Mapping)
+    ):
+        rows = [load]
+    else:
+        rows = list(load or [])
+    rows = [list(r.values()) if isinstance(r, Mapping) else list(r) for r in rows]
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = np.asarray(r, dtype=np.float64)
+    return out
+
+
+def router_load_figure(
+    load: Any, *, title: str = "Router load per layer (latest evaluation)"
+) -> go.Figure:
+    """Heat map layer × expert of the share of top-k assignments each expert received."""
+    z = router_matrix(load)
+    if z.size == 0:
+        return empty_figure("No router load logged yet.", "expert index", LAYER_AXIS_TITLE, title)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), colorscale="Magma",
+            reversescale=True, colorbar={"title": {"text": "share of<br>assignments"}},
+            hovertemplate="layer %{y}<br>expert %{x}<br>share = %{z:.3f}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_xaxes(dtick=1)
+    return _layout(fig, title, "expert index (within the layer)", LAYER_AXIS_TITLE)
+
+
+def run_comparison_figure(
+    table: pd.DataFrame, *, title: str = "Held-out accuracy before and after fine-tuning"
+) -> go.Figure:
+    """Grouped bars of accuracy before/after per run (``label``, ``accuracy_before``,
+    ``accuracy_after`` columns)."""
+    if table is None or table.empty:
+        return empty_figure(
+            "Select runs to compare.", "run", "accuracy (share correct, 0–1)", title
+        )
+    fig = go.Figure()
+    for i, (col, name) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
+        if col not in table:
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=table["label"], y=pd.to_numeric(table[col], errors="coerce"), name=name,
+                marker_color=COLOURS[i * 2], text=pd.to_numeric(table[col], errors="coerce").round(3),
+                textposition="outside",
+                hovertemplate="%{x}<br>" + name + ": %{y:.3f}<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.05])
+    return _layout(fig, title, "run", "accuracy (share correct, 0–1)")

@@ -1,0 +1,144 @@
+"""Empirical spectral densities: the eigenvalues of WᵀW (squared singular values) of weight matrices.
+
+Convention (METHOD §2): λ are the min(m, n) eigenvalues of WᵀW with no 1/N factor, ascending,
+float64. The fast path is ``eigvalsh`` of the Gram matrix on the smaller side; ``svd`` squares
+``svdvals`` instead. Power-law alphas are scale-invariant, so the convention only matters for plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from alphalora.errors import AlphaLoRAError
+
+METHODS = ("auto", "gram", "svd")
+_BATCH_BYTES = 256 * 1024**2  # bound on the bytes of one stacked batch (inputs + Gram matrices)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"``/``"cpu"``/``"cuda[:i]"`` into a torch device, refusing CUDA without a GPU."""
+    if isinstance(device, torch.device):
+        name = str(device)
+    else:
+        name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise AlphaLoRAError(
+            f"Unknown device {device!r}. Use 'auto', 'cpu' or 'cuda' (optionally 'cuda:N')."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AlphaLoRAError(
+            f"Device {device!r} was requested but no CUDA GPU is available to this torch build. "
+            "Use device 'cpu' or 'auto'."
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise AlphaLoRAError(f"Device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'.")
+    return dev
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul() -> Iterator[None]:
+    """Keep TF32 off for float32 products (it costs ~3 digits), restoring the caller's setting."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _check_args(dtype: torch.dtype, method: str) -> str:
+    if dtype not in (torch.float32, torch.float64):
+        raise AlphaLoRAError(f"dtype must be torch.float32 or torch.float64, not {dtype}.")
+    if method not in METHODS:
+        raise AlphaLoRAError(f"Unknown eigenvalue method {method!r}; use one of {METHODS}.")
+    return "gram" if method == "auto" else method
+
+
+def _as_tensor(w: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(w, np.ndarray):
+        w = torch.from_numpy(np.ascontiguousarray(w))
+    if not isinstance(w, torch.Tensor):
+        raise AlphaLoRAError(f"Expected a torch tensor or numpy array, got {type(w).__name__}.")
+    if w.ndim != 2:
+        raise AlphaLoRAError(
+            f"A weight matrix must be 2-D; got shape {tuple(w.shape)}. Reshape or dequantise it "
+            "first (convolutions: flatten to [out, in·k·k])."
+        )
+    if w.is_complex():
+        raise AlphaLoRAError("Complex matrices are not supported; pass a real weight matrix.")
+    if w.shape[0] == 0 or w.shape[1] == 0:
+        raise AlphaLoRAError(f"Empty matrix of shape {tuple(w.shape)} has no spectrum.")
+    return w
+
+
+def _spectrum_batch(w: torch.Tensor, method: str) -> torch.Tensor:
+    """Eigenvalues of WᵀW for a [B, m, n] (or [m, n]) tensor, ascending along the last axis."""
+    if method == "svd":
+        s = torch.linalg.svdvals(w)
+        lam = torch.flip(s * s, dims=(-1,))  # svdvals are descending
+    else:
+        m, n = w.shape[-2], w.shape[-1]
+        wt = w.transpose(-1, -2)
+        gram = w @ wt if m < n else wt @ w  # the smaller side: min(m, n) square
+        lam = torch.linalg.eigvalsh(gram)
+    return torch.clamp(lam, min=0.0)
+
+
+def eigenvalues(
+    w: torch.Tensor | np.ndarray,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+    method: str = "auto",
+) -> np.ndarray:
+    """The min(m, n) eigenvalues of WᵀW (squared singular values, no 1/N), ascending float64.
+
+    ``method``: ``gram`` (eigvalsh of the smaller Gram matrix, the default via ``auto``) or
+    ``svd`` (svdvals squared). Tiny negative rounding from eigvalsh is clamped to 0.
+    """
+    method = _check_args(dtype, method)
+    w = _as_tensor(w)
+    dev = resolve_device(device)
+    with _full_fp32_matmul(), torch.no_grad():
+        lam = _spectrum_batch(w.to(device=dev, dtype=dtype), method)
+    return lam.to(device="cpu", dtype=torch.float64).numpy()
+
+
+def eigenvalues_batched(
+    ws: Sequence[torch.Tensor | np.ndarray],
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+    method: str = "auto",
+) -> list[np.ndarray]:
+    """:func:`eigenvalues` of many matrices: same-shaped ones are stacked into batched calls
+    (each batch kept under ~256 MB); the results come back in input order."""
+    method = _check_args(dtype, method)
+    dev = resolve_device(device)
+    mats = [_as_tensor(w) for w in ws]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, w in enumerate(mats):
+        groups.setdefault((int(w.shape[0]), int(w.shape[1])), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(mats)
+    itemsize = 8 if dtype == torch.float64 else 4
+    with _full_fp32_matmul(), torch.no_grad():
+        for (m, n), idx in groups.items():
+            k = min(m, n)
+            per = (m * n + k * k + k) * itemsize * 2  # input, Gram, workspace (generous)
+            step = max(1, _BATCH_BYTES // per)
+            for start in range(0, len(idx), step):
+                part = idx[start : start + step]
+                batch = torch.stack([mats[i].to(device=dev, dtype=dtype) for i in part])
+                lam = _spectrum_batch(batch, method).to(device="cpu", dtype=torch.float64)
+                for row, i in enumerate(part):
+                    out[i] = lam[row].numpy().copy()
+                del batch, lam
+    return [o for o in out if o is not None]

@@ -1,0 +1,121 @@
+"""Whole-model analysis: AlphaLoRA Studio vs WeightWatcher ``analyze()``, side by side.
+
+Both analyse the same weights (the embedded SmolLM2-135M, exported once to safetensors) in
+one process on the same machine. WeightWatcher gets the model already loaded in memory (its
+load time is not counted); ours streams from disk, cold cache. Both use the Clauset fit and
+WeightWatcher's 1/N eigenvalue convention so that the alphas are comparable.
+
+    .venv/bin/python bench/bench_analysis.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="first 6 layers only")
+    args = parser.parse_args()
+    os.environ.setdefault("ALPHALORA_HOME", tempfile.mkdtemp(prefix="alphalora-bench-"))
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alphalora.analysis import AnalysisOptions, analyze
+    from alphalora.sources import export_embedded_hf, open_source
+
+    folder = export_embedded_hf()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    n_layers = model.config.num_hidden_layers
+    keep = range(6) if args.quick else range(n_layers)
+    if args.quick:
+        model.model.layers = model.model.layers[:6]
+
+    import weightwatcher as ww
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    watcher = ww.WeightWatcher(model=model)
+    layer_ids = [
+        i for i, (name, mod) in enumerate(model.named_modules())
+        if isinstance(mod, torch.nn.Linear) and ".layers." in name
+    ]  # fmt: skip
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        ww_df = watcher.analyze(layers=layer_ids)
+    t_ww = time.perf_counter() - start
+
+    source = open_source(folder)
+    if args.quick:
+        infos = [i for i in source.matrices() if i.layer in keep]
+        source.matrices = lambda include_non_block=False, _i=infos: _i  # analyse the same subset
+    opts = AnalysisOptions(fit="clauset", device="cpu", esd_scale="N")
+    start = time.perf_counter()
+    ours = analyze(source, opts, use_cache=False)
+    t_ours = time.perf_counter() - start
+
+    ours_df = ours.matrices.assign(longname=ours.matrices["name"].str.removesuffix(".weight"))
+    merged = ours_df.merge(
+        ww_df[["longname", "alpha", "xmin", "D"]], on="longname", suffixes=("", "_ww")
+    )
+    diff = (merged["alpha"] - merged["alpha_ww"]).abs()
+    rel = diff / merged["alpha_ww"].abs()
+    same = int((rel < 1e-6).sum())
+    report = {
+        "model": "SmolLM2-135M-Instruct (embedded, dequantised Q4_1)",
+        "matrices_ours": int(len(ours.matrices)),
+        "matrices_weightwatcher": int(len(ww_df)),
+        "matrices_compared": int(len(merged)),
+        "seconds_ours": round(t_ours, 3),
+        "seconds_weightwatcher": round(t_ww, 3),
+        "speedup": round(t_ww / t_ours, 2),
+        "alpha_equal_1e-6": same,
+        "alpha_max_abs_diff": float(diff.max()) if len(diff) else None,
+        "alpha_median_abs_diff": float(diff.median()) if len(diff) else None,
+        "alpha_correlation": float(np.corrcoef(merged["alpha"], merged["alpha_ww"])[0, 1])
+        if len(merged) > 2
+        else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+    by_layer = merged.groupby("layer")[["alpha", "alpha_ww"]].mean()
+    print(
+        f"whole analysis, {report['matrices_compared']} matrices (clauset fit, eigenvalues of WᵀW/N)"
+    )
+    print(f"  AlphaLoRA Studio  {t_ours:8.2f} s  (streams from safetensors)")
+    print(f"  WeightWatcher     {t_ww:8.2f} s  (model already in memory)")
+    print(f"  ratio             {report['speedup']:8.1f}x faster")
+    print(f"  alpha equal to 1e-6 relative: {same}/{len(merged)}; max |Δα| {report['alpha_max_abs_diff']:.3g}; "
+          f"correlation {report['alpha_correlation']:.6f}")  # fmt: skip
+    print("\nlayer-mean alpha, side by side")
+    print(
+        pd.DataFrame({"ours": by_layer["alpha"], "weightwatcher": by_layer["alpha_ww"]})
+        .round(4)
+        .to_string()
+    )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("analysis_quick.json" if args.quick else "analysis.json")
+    report["layer_alpha"] = {
+        int(k): [float(v["alpha"]), float(v["alpha_ww"])] for k, v in by_layer.iterrows()
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten {out}")
+
+
+if __name__ == "__main__":
+    main()

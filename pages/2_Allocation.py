@@ -1,0 +1,182 @@
+"""Allocation: layer alphas → LoRA experts per layer, compared with uniform and MoLA shapes."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui_common as ui
+from alphalora.allocation import Allocation, beta_to_temperature, temperature_to_beta
+from alphalora.app_state import (
+    ALLOCATION_MODES,
+    MODE_DEFAULT,
+    MODE_MOLA,
+    MODE_OFFICIAL,
+    MOLA_SHAPES,
+    allocation_table,
+    build_allocation,
+    check_layers,
+    comparison_allocations,
+    paper_defaults,
+    parameters_table,
+)
+from alphalora.errors import AlphaLoRAError
+from alphalora.plots import allocation_figure
+
+ui.page_setup("Allocation", "🧮")
+st.title("Allocation")
+st.caption(
+    "n_i = T · α_i^β / Σ_j α_j^β  (= T · softmax(β · ln α)_i): layers with a larger α — less "
+    "heavy-tailed, less well trained — get more experts. β = 0 is uniform; the temperature "
+    "τ = 1/β is the same knob read the other way."
+)
+
+ctx = ui.model_context()
+if ctx is None:
+    st.stop()
+alphas: list[float] = ctx["alphas"]
+n_layers: int = ctx["n_layers"]
+default_budget, default_beta = paper_defaults(n_layers)
+
+# Widget values survive page switches: saved after each run, restored when missing.
+WIDGETS = {
+    "alloc_mode": MODE_DEFAULT,
+    "alloc_use_tau": False,
+    "alloc_beta": default_beta,
+    "alloc_tau": round(1 / default_beta, 2),
+    "alloc_budget": default_budget,
+    "alloc_min": 1,
+    "alloc_max": 0,
+    "alloc_shape": "8642",
+}
+model_key = ctx["choice"].key()
+if st.session_state.get("alloc_model_key") != model_key:  # new model: fresh defaults
+    st.session_state["alloc_model_key"] = model_key
+    st.session_state["alloc_saved"] = dict(WIDGETS)
+    for key, value in WIDGETS.items():
+        st.session_state[key] = value
+saved = st.session_state.setdefault("alloc_saved", dict(WIDGETS))
+for key, value in WIDGETS.items():
+    if key not in st.session_state:
+        st.session_state[key] = saved.get(key, value)
+
+
+def _paper_defaults() -> None:
+    st.session_state["alloc_budget"] = default_budget
+    st.session_state["alloc_beta"] = default_beta
+    st.session_state["alloc_tau"] = round(1 / default_beta, 2)
+    st.session_state["alloc_min"] = 1
+    st.session_state["alloc_max"] = 0
+
+
+def _sync_tau_beta() -> None:
+    """When the β/τ toggle flips, carry the value over (τ = 1/β)."""
+    if st.session_state["alloc_use_tau"]:
+        beta = st.session_state["alloc_beta"]
+        st.session_state["alloc_tau"] = (
+            min(10.0, round(beta_to_temperature(beta), 2)) if beta > 0 else 10.0
+        )
+    else:
+        st.session_state["alloc_beta"] = min(
+            10.0, round(temperature_to_beta(st.session_state["alloc_tau"]), 2)
+        )
+
+
+controls, chart = st.columns([1, 2.4], gap="large")
+with controls:
+    st.markdown(f"**{ctx['label']}** · {n_layers} layers")
+    mode = st.radio("Mode", ALLOCATION_MODES, key="alloc_mode")
+    use_tau = st.toggle("Set the temperature τ = 1/β instead of β", key="alloc_use_tau",
+                        on_change=_sync_tau_beta)  # fmt: skip
+    if use_tau:
+        tau = st.slider("Temperature τ", 0.1, 10.0, step=0.05, key="alloc_tau",
+                        help="Large τ flattens the allocation towards uniform.")  # fmt: skip
+        beta = temperature_to_beta(tau)
+        st.caption(f"β = 1/τ = {beta:.3f}")
+    else:
+        beta = st.slider("β (inverse temperature)", 0.0, 10.0, step=0.1, key="alloc_beta",
+                         help="0 = uniform; 2.5 = the paper; larger concentrates experts.")  # fmt: skip
+    budget = st.slider("Expert budget T (total over all layers)", n_layers, 16 * n_layers,
+                       key="alloc_budget")  # fmt: skip
+    b1, b2 = st.columns(2)
+    min_experts = b1.number_input("Min per layer", 1, 16, key="alloc_min")
+    max_experts = b2.number_input("Max per layer (0 = none)", 0, 64, key="alloc_max")
+    shape = st.selectbox("MoLA shape (compared; used in MoLA mode)", MOLA_SHAPES, key="alloc_shape")
+    st.button("Paper defaults (T = 5 per layer, β = 2.5)", on_click=_paper_defaults,
+              help="T = 160 for 32 layers (Llama-2-7B), 5 experts per layer otherwise; β = 2.5.")  # fmt: skip
+    uploaded = st.file_uploader("Import an allocation (JSON)", type=["json"], key="alloc_import")
+
+st.session_state["alloc_saved"] = {k: st.session_state[k] for k in WIDGETS}
+
+current: Allocation | None = None
+imported = False
+if uploaded is not None:
+    try:
+        current = Allocation.from_json(uploaded.getvalue().decode("utf-8", errors="replace"))
+        check_layers(current, n_layers, ctx["label"])
+        imported = True
+    except AlphaLoRAError as exc:
+        current = None
+        with controls:
+            st.error(f"Could not import {uploaded.name}: {exc}")
+if current is None:
+    try:
+        current = build_allocation(
+            mode, alphas, int(budget), float(beta), min_experts=int(min_experts),
+            max_experts=int(max_experts) or None, shape=shape,
+        )  # fmt: skip
+    except AlphaLoRAError as exc:
+        with chart:
+            st.error(str(exc))
+        st.stop()
+
+try:
+    comparisons = comparison_allocations(n_layers, current.total, shape)
+except AlphaLoRAError as exc:
+    comparisons = {}
+    with chart:
+        st.warning(f"No comparison drawn: {exc}")
+if mode == MODE_MOLA and not imported:
+    comparisons = {k: v for k, v in comparisons.items() if not k.startswith("MoLA")}
+
+with chart:
+    if imported:
+        st.info(f"Showing the imported allocation ({current.label or current.method}); "
+                "remove the file to go back to the controls.")  # fmt: skip
+    if ctx["analysis"] is None and mode == MODE_OFFICIAL and not imported:
+        st.caption("The allocation implied by the paper's published Llama-2-7B alphas "
+                   "(AlphaLoRA's own code, repair loop included).")  # fmt: skip
+    fig = allocation_figure(
+        current.experts,
+        label=current.label or current.method,
+        comparisons={k: v.experts for k, v in comparisons.items()},
+        alphas=alphas,
+        title=f"Experts per layer — {current.label or current.method}",
+    )
+    ui.plot(fig, key="alloc_chart")
+    for warning in current.warnings:
+        st.warning(warning)
+    everything = {f"Current: {current.label or current.method}": current, **comparisons}
+    if ctx["module_shapes"]:
+        params = parameters_table(everything, ctx["module_shapes"])
+        cols = st.columns(len(params))
+        for col, (_, prow) in zip(cols, params.iterrows(), strict=True):
+            col.metric(prow["allocation"][:38], f"{prow['trainable_parameters'] / 1e6:,.2f} M",
+                       help=f"{prow['total_experts']} experts, {prow['min_per_layer']}–"
+                       f"{prow['max_per_layer']} per layer")  # fmt: skip
+        st.caption(f"Trainable parameters (rank 8 on every projection + routers), sized from "
+                   f"{ctx['shapes_from']}.")  # fmt: skip
+    table = allocation_table(current, alphas)
+    with st.expander("Experts per layer (table)"):
+        st.dataframe(table, hide_index=True, width="stretch")
+    e1, e2, e3 = st.columns(3)
+    with e1:
+        st.download_button("Export allocation (JSON)", current.to_json().encode("utf-8"),
+                           file_name="allocation.json", mime="application/json",
+                           key="alloc_export", on_click="ignore")  # fmt: skip
+    with e2:
+        ui.csv_download("Experts per layer (CSV)", table, "allocation.csv", "alloc_csv")
+    with e3:
+        if st.button("Use for fine-tune", type="primary", key="alloc_use"):
+            st.session_state[ui.ALLOCATION_KEY] = current.to_dict()
+            st.success(f"Stored for the Fine-tune page: {current.label or current.method} "
+                       f"({current.total} experts).")  # fmt: skip

@@ -1,0 +1,267 @@
+"""Fine-tune: launch MoE-LoRA runs as background jobs and watch them live."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import streamlit as st
+
+import ui_common as ui
+from alphalora import jobs
+from alphalora.allocation import alphalora_allocation
+from alphalora.app_state import MOLA_SHAPES, allocation_spec, check_layers, latest_router_load
+from alphalora.data import ROTTEN_TOMATOES, load_task
+from alphalora.errors import AlphaLoRAError
+from alphalora.paths import atomic_write_bytes, subdir
+from alphalora.plots import metric_curves_figure, router_load_figure
+from alphalora.runs import ACTIVE_STATUSES, RunStore
+from alphalora.train_config import DEVICES, load_config
+
+ui.page_setup("Fine-tune", "🚀")
+st.title("Fine-tune")
+st.caption(
+    "Each run is a separate background process (`python -m alphalora train`) writing to the "
+    "run store; this page only launches and watches. Closing the browser does not stop a run."
+)
+
+ctx = ui.model_context()
+if ctx is None:
+    st.stop()
+n_layers: int = ctx["n_layers"]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _task_summary(spec: str, _version: str) -> dict:
+    """Counts and scoring of a task (cached: the shipped task reads 8,530 sentences)."""
+    return load_task(spec).summary()
+
+
+def _save_upload(name: str, data: bytes) -> str:
+    """Keep an uploaded task file under the data directory; returns its path."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-80:] or "task.jsonl"
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    path = subdir("uploads") / f"{digest}-{stem}"
+    if not path.exists():
+        atomic_write_bytes(path, data)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- what to train
+st.subheader("1 · Model and task")
+default_model = ctx["model_ref"]
+if ctx["choice"].is_paper:
+    st.warning(
+        "The paper preset stands for Llama-2-7B: fine-tuning it needs its weights (a hub "
+        "download) and a GPU. On a CPU pick the embedded model on the Home page."
+    )
+model_ref = st.text_input("Model to fine-tune", value=default_model, key="ft_model",
+                          help="'embedded', a local Hugging Face folder or a hub id.")  # fmt: skip
+task_mode = st.radio(
+    "Task",
+    ["Shipped demo: Rotten Tomatoes sentiment", "Upload a JSONL/CSV file"],
+    horizontal=True,
+    key="ft_task_mode",
+)
+task_spec: str | None = ROTTEN_TOMATOES
+if task_mode.startswith("Upload"):
+    task_spec = None
+    up = st.file_uploader(
+        "Task file: prompt/answer or question/choices/answer columns (JSONL or CSV)",
+        type=["jsonl", "json", "csv", "tsv"],
+        key="ft_upload",
+    )
+    if up is not None:
+        try:
+            path = _save_upload(up.name, up.getvalue())
+            summary = _task_summary(path, path)
+        except AlphaLoRAError as exc:
+            st.error(f"{up.name}: {exc}")
+        else:
+            task_spec = path
+            st.success(f"{up.name}: {summary.get('train')} training and {summary.get('eval')} "
+                       f"held-out examples, scored by {summary.get('scoring')}.")  # fmt: skip
+else:
+    try:
+        summary = _task_summary(ROTTEN_TOMATOES, "shipped")
+        st.caption(f"Rotten Tomatoes sentences: {summary.get('train')} for training, "
+                   f"{summary.get('eval')} held out; scored by {summary.get('scoring')}.")  # fmt: skip
+    except AlphaLoRAError as exc:
+        st.error(str(exc))
+        task_spec = None
+
+# --------------------------------------------------------------------------- allocations
+st.subheader("2 · Allocations to compare (one run each)")
+current = ui.chosen_allocation()
+if current is None:
+    budget = 5 * n_layers
+    current = alphalora_allocation(ctx["alphas"], budget, 2.5)
+    st.caption("No allocation was stored on the Allocation page: using AlphaLoRA with the paper "
+               f"defaults ({budget} experts, β = 2.5).")  # fmt: skip
+shape = st.selectbox("MoLA shape", MOLA_SHAPES, index=1, key="ft_shape")
+CURRENT = f"Current: {current.label or current.method} ({current.total} experts)"
+UNIFORM = f"Uniform ({current.total} experts)"
+MOLA = f"MoLA {shape} ({current.total} experts)"
+LORA = "Plain LoRA (no experts, baseline)"
+picked = st.multiselect("Runs to launch", [CURRENT, UNIFORM, MOLA, LORA], default=[CURRENT],
+                        key="ft_allocs")  # fmt: skip
+
+# --------------------------------------------------------------------------- settings
+st.subheader("3 · Training settings")
+base = load_config("demo-cpu")
+s1, s2, s3, s4 = st.columns(4)
+steps = s1.number_input("Steps", 1, 100_000, value=base.steps, key="ft_steps")
+lr = s2.select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 3e-3, 1e-2],
+                      value=base.lr, format_func=lambda v: f"{v:.0e}", key="ft_lr")  # fmt: skip
+batch = s3.number_input("Batch size", 1, 512, value=base.batch_size, key="ft_batch")
+device = s4.selectbox("Device", DEVICES, key="ft_device")
+s5, s6, s7 = st.columns(3)
+max_len = s5.number_input("Max tokens per example", 8, 4096, value=base.max_length, key="ft_len")
+eval_every = s6.number_input("Evaluate every (steps, 0 = end only)", 0, 100_000,
+                             value=base.eval_every or 0, key="ft_eval_every")  # fmt: skip
+eval_examples = s7.number_input("Held-out examples", 1, 100_000, value=base.eval_examples or 200,
+                                key="ft_eval_n")  # fmt: skip
+
+
+def _configs() -> list[tuple[str, dict, dict | None]]:
+    """(name, config dict, allocation dict for the store) per picked run; raises on bad input."""
+    if not picked:
+        raise AlphaLoRAError("Pick at least one allocation to launch.")
+    if task_spec is None:
+        raise AlphaLoRAError("Upload a valid task file first (or choose the shipped task).")
+    common = {
+        "model": model_ref.strip() or "embedded", "task": task_spec, "steps": int(steps),
+        "lr": float(lr), "batch_size": int(batch), "max_length": int(max_len),
+        "eval_every": int(eval_every) or None, "eval_examples": int(eval_examples),
+        "device": device, "warmup_steps": min(base.warmup_steps, int(steps) // 5),
+    }  # fmt: skip
+    out = []
+    for choice in picked:
+        if choice == CURRENT:
+            if model_ref.strip() == default_model:
+                check_layers(current, n_layers, ctx["label"])
+            spec, store_alloc, name = allocation_spec(current), current.to_dict(), "alphalora"
+            allocation = {"experts": spec["experts"], "top_k": spec["top_k"]}
+            method = "moe-lora"
+        elif choice == UNIFORM:
+            allocation, method, name = (
+                {"method": "uniform", "budget": current.total},
+                "moe-lora",
+                "uniform",
+            )
+            store_alloc = {**allocation, "label": choice}
+        elif choice == MOLA:
+            allocation = {"method": "mola", "shape": shape, "budget": current.total}
+            method, name, store_alloc = "moe-lora", f"mola-{shape}", {**allocation, "label": choice}
+        else:
+            allocation, method, name, store_alloc = (
+                None,
+                "lora",
+                "lora",
+                {"method": "lora", "label": choice},
+            )
+        config = base.replace(**common, name=name, method=method, allocation=allocation)
+        out.append((name, config.to_dict(), store_alloc))
+    return out
+
+
+if st.button("Launch", type="primary", key="ft_launch"):
+    try:
+        launched = [jobs.start_run(cfg, name=name, allocation=alloc)
+                    for name, cfg, alloc in _configs()]  # fmt: skip
+    except AlphaLoRAError as exc:
+        st.error(str(exc))
+    else:
+        st.session_state[ui.RUNS_KEY] = launched + [
+            r for r in st.session_state[ui.RUNS_KEY] if r not in launched
+        ]
+        st.success(f"Launched {len(launched)} run(s): {', '.join(launched)}.")
+
+# --------------------------------------------------------------------------- live view
+st.subheader("4 · Live")
+store = RunStore()
+try:
+    jobs.reconcile(store)
+    listed = store.list_runs()
+    active_ids = list(listed.loc[listed["status"].isin(ACTIVE_STATUSES), "run_id"])
+except AlphaLoRAError as exc:
+    st.error(str(exc))
+    st.stop()
+known = [r for r in st.session_state[ui.RUNS_KEY] if store.exists(r)]
+choices = list(dict.fromkeys(known + active_ids))
+watch = st.multiselect("Runs to watch", choices, default=choices[:4], key="ft_watch")
+
+
+def _render(run_ids: list[str]) -> bool:
+    """Status, curves, router load and logs of the watched runs; True if any is active."""
+    store = RunStore()
+    jobs.reconcile(store)
+    runs = [store.get_run(r) for r in run_ids if store.exists(r)]
+    if not runs:
+        st.info("No run to watch yet: launch one above.")
+        return False
+    metrics = store.metrics([r["run_id"] for r in runs])
+    labels = {r["run_id"]: f"{r.get('name') or ''} {r['run_id'][-4:]}".strip() for r in runs}
+    any_active = False
+    for run in runs:
+        rid, status = run["run_id"], run["status"]
+        active = status in ACTIVE_STATUSES
+        any_active |= active
+        steps_total = int((run.get("config") or {}).get("steps") or 1)
+        done = metrics[(metrics["run_id"] == rid) & (metrics["split"] == "train")]["step"]
+        step = int(done.max()) if len(done) else 0
+        c1, c2, c3 = st.columns([3, 4, 1])
+        c1.markdown(f"**{labels[rid]}** · `{status}`")
+        c2.progress(min(step / steps_total, 1.0), text=f"step {step}/{steps_total}")
+        if active and c3.button("Cancel", key=f"cancel_{rid}"):
+            st.toast(jobs.cancel_run(rid, store=store, timeout=10))
+        if run.get("error"):
+            st.error(f"Run {rid} ({status}): {run['error']}")
+        summary = run.get("summary") or {}
+        if summary.get("accuracy_after") is not None:
+            st.caption(f"accuracy {summary.get('accuracy_before')} → {summary['accuracy_after']:.3f}"
+                       f" · adapter: {run.get('adapter_path')}")  # fmt: skip
+        with st.expander(f"Log of {rid}"):
+            st.code(jobs.tail_log(rid, 40) or "(no output yet)", language=None)
+    g1, g2, g3 = st.columns(3)
+    with g1:
+        ui.plot(metric_curves_figure(metrics, "train_loss", y_title="task loss (nats/token)",
+                                     title="Training loss", labels=labels, split="train"),
+                key="ft_loss")  # fmt: skip
+    with g2:
+        ui.plot(metric_curves_figure(metrics, "aux_loss", y_title="load-balancing loss",
+                                     title="Aux (router) loss", labels=labels, split="train"),
+                key="ft_aux")  # fmt: skip
+    with g3:
+        ui.plot(metric_curves_figure(metrics, "accuracy", y_title="accuracy (share correct, 0–1)",
+                                     title="Held-out accuracy", labels=labels, split="eval"),
+                key="ft_acc")  # fmt: skip
+    moe_ids = [r["run_id"] for r in runs if (r.get("config") or {}).get("method") != "lora"]
+    if moe_ids:
+        pick = st.selectbox("Router load of run", moe_ids, format_func=labels.get, key="ft_router")
+        step, load = latest_router_load(metrics[metrics["run_id"] == pick])
+        ui.plot(router_load_figure(load, title=f"Router load per layer (eval at step {step})"
+                                   if step is not None else "Router load per layer"),
+                key="ft_router_fig")  # fmt: skip
+    ui.csv_download("Download these metrics (CSV)", metrics.drop(columns=["router_load"],
+                    errors="ignore"), "metrics.csv", "ft_metrics_csv")  # fmt: skip
+    return any_active
+
+
+@st.fragment(run_every=2)
+def live_section(run_ids: list[str]) -> None:
+    """Refreshes every 2 s while a watched run is active; a full rerun when all have ended."""
+    if not _render(run_ids):
+        st.rerun()
+
+
+def static_section(run_ids: list[str]) -> None:
+    """The same view, drawn once (nothing is running)."""
+    _render(run_ids)
+
+
+watched_active = any(r in active_ids for r in watch)
+if watched_active:
+    live_section(watch)
+else:
+    static_section(watch)

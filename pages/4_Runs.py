@@ -1,0 +1,117 @@
+"""Runs: every stored fine-tune, filterable; compare several side by side; download adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+import ui_common as ui
+from alphalora import jobs
+from alphalora.app_state import runs_comparison_table
+from alphalora.errors import AlphaLoRAError
+from alphalora.plots import metric_curves_figure, run_comparison_figure
+from alphalora.runs import ACTIVE_STATUSES, STATUSES, RunStore
+
+ui.page_setup("Runs", "🗂️")
+st.title("Runs")
+
+store = RunStore()
+try:
+    jobs.reconcile(store)
+except AlphaLoRAError as exc:
+    st.error(str(exc))
+    st.stop()
+
+f1, f2 = st.columns([1, 3])
+status = f1.selectbox("Status", ["all", *STATUSES], key="runs_status")
+search = f2.text_input("Search (id, name, method, model, task, device, error)", key="runs_search")
+try:
+    listed = store.list_runs(status=None if status == "all" else status, search=search or None)
+except AlphaLoRAError as exc:
+    st.error(str(exc))
+    st.stop()
+
+if listed.empty:
+    st.info("No runs match. Launch fine-tunes on the Fine-tune page (or `python -m alphalora "
+            "train`).")  # fmt: skip
+    st.stop()
+
+st.dataframe(listed, hide_index=True, width="stretch")
+ui.csv_download("Download this list (CSV)", listed, "runs.csv", "runs_list_csv")
+
+labels = {
+    row.run_id: f"{row.name or row.method or 'run'} · {row.run_id} · {row.status}"
+    for row in listed.itertuples()
+}
+options = list(listed["run_id"])
+finished = list(listed.loc[listed["status"] == "completed", "run_id"])
+if st.session_state.get("runs_options") != options:  # filter changed: keep what is still listed
+    st.session_state["runs_options"] = options
+    kept = [r for r in st.session_state.get("runs_selected", []) if r in options]
+    st.session_state["runs_selected"] = kept or (finished or options)[:3]
+selected = st.multiselect(
+    "Runs to compare", options, format_func=labels.get, key="runs_selected"
+)
+if not selected:
+    st.stop()
+
+runs = [store.get_run(r) for r in selected]
+table = runs_comparison_table(runs)
+short = {r["run_id"]: f"{r.get('name') or 'run'} {r['run_id'][-4:]}" for r in runs}
+table["label"] = [short[r] for r in table["run_id"]]
+
+st.subheader("Side by side")
+st.dataframe(table, hide_index=True, width="stretch")
+ui.csv_download("Download the comparison (CSV)", table, "runs-comparison.csv", "runs_cmp_csv")
+c1, c2 = st.columns(2)
+with c1:
+    ui.plot(run_comparison_figure(table), key="runs_acc")
+metrics = store.metrics(selected)
+with c2:
+    ui.plot(metric_curves_figure(metrics, "accuracy", y_title="accuracy (share correct, 0–1)",
+                                 title="Held-out accuracy during training", labels=short,
+                                 split="eval"), key="runs_acc_curve")  # fmt: skip
+c3, c4 = st.columns(2)
+with c3:
+    ui.plot(metric_curves_figure(metrics, "train_loss", y_title="task loss (nats/token)",
+                                 title="Training loss", labels=short, split="train"),
+            key="runs_loss")  # fmt: skip
+with c4:
+    ui.plot(metric_curves_figure(metrics, "eval_loss", y_title="held-out loss (nats/token)",
+                                 title="Held-out loss", labels=short, split="eval"),
+            key="runs_eval_loss")  # fmt: skip
+ui.csv_download("Download these metrics (CSV)", metrics.drop(columns=["router_load"],
+                errors="ignore"), "runs-metrics.csv", "runs_metrics_csv")  # fmt: skip
+
+st.subheader("Adapters and actions")
+for run in runs:
+    rid = run["run_id"]
+    a1, a2, a3 = st.columns([3, 2, 2])
+    a1.markdown(f"**{short[rid]}** · `{run['status']}`")
+    adapter = run.get("adapter_path")
+    if adapter and Path(adapter).is_dir():
+        with a2:
+            st.download_button(
+                "Download adapter (zip)",
+                data=lambda folder=adapter: ui.zip_folder(folder),
+                file_name=f"adapter-{rid}.zip",
+                mime="application/zip",
+                key=f"runs_zip_{rid}",
+                on_click="ignore",
+            )
+    else:
+        a2.caption("no adapter saved")
+    with a3:
+        if run["status"] in ACTIVE_STATUSES:
+            if st.button("Cancel", key=f"runs_cancel_{rid}"):
+                st.toast(jobs.cancel_run(rid, store=store, timeout=10))
+        elif run["status"] in jobs.RESUMABLE_STATUSES:
+            if st.button("Resume", key=f"runs_resume_{rid}"):
+                try:
+                    jobs.resume_run(rid, store=store)
+                    st.toast(f"Run {rid} resumed.")
+                except AlphaLoRAError as exc:
+                    st.error(str(exc))
+    if run.get("error"):
+        st.error(f"{rid}: {run['error']}")

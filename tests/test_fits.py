@@ -1,0 +1,300 @@
+"""Power-law fits: clauset equals powerlaw 1.5, hill-peak equals a plain per-candidate loop."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+from alphalora.errors import AlphaLoRAError
+from alphalora.fits import (
+    MODES,
+    PowerLawFit,
+    fit_clauset,
+    fit_hill_peak,
+    fit_many,
+    fit_power_law,
+)
+
+powerlaw = pytest.importorskip("powerlaw")
+
+
+def _esd(w: np.ndarray) -> np.ndarray:
+    return np.linalg.svd(w, compute_uv=False) ** 2
+
+
+def _datasets() -> dict[str, np.ndarray]:
+    """Spectra and samples of every flavour the fits meet, N from 15 to ~1500."""
+    rng = np.random.default_rng(20240501)
+    d = {
+        "gauss_40x30": _esd(rng.standard_normal((40, 30))),
+        "gauss_60x120": _esd(rng.standard_normal((60, 120))),
+        "gauss_400x200": _esd(rng.standard_normal((400, 200))),
+        "gauss_300x300": _esd(rng.standard_normal((300, 300))),
+        "t2_100x50": _esd(rng.standard_t(2.0, (100, 50))),
+        "t25_200x150": _esd(rng.standard_t(2.5, (200, 150))),
+        "t3_80x160": _esd(rng.standard_t(3.0, (80, 160))),
+        "pareto_15": rng.pareto(1.5, 15) + 1.0,
+        "pareto_300": (rng.pareto(2.0, 300) + 1.0) * 3.7,
+        "pareto_1500": rng.pareto(1.2, 1500) + 1.0,
+        "ties_rounded": np.round(rng.pareto(1.5, 400) + 1.0, 1),
+        "ties_integers": rng.integers(1, 30, 250).astype(float),
+        "ties_top": np.r_[rng.pareto(2.0, 60) + 1.0, [50.0, 50.0, 50.0]],
+        "lognormal_500": rng.lognormal(0.0, 1.5, 500),
+    }
+    # a rank-deficient spectrum: exact zeros next to the positive eigenvalues
+    d["zeros_rank_def"] = np.r_[np.zeros(20), _esd(rng.standard_normal((60, 90)))]
+    return d
+
+
+DATA = _datasets()
+
+
+def _powerlaw_ref(x: np.ndarray) -> tuple[float, float, float]:
+    sink = io.StringIO()
+    with (
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+        warnings.catch_warnings(),
+        np.errstate(all="ignore"),
+    ):
+        warnings.simplefilter("ignore")
+        f = powerlaw.Fit(x, verbose=False)
+        return float(f.power_law.alpha), float(f.xmin), float(f.power_law.D)
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-300)
+
+
+@pytest.mark.parametrize("name", sorted(DATA))
+def test_clauset_equals_powerlaw_1_5(name):
+    x = DATA[name]
+    alpha, xmin, d = _powerlaw_ref(x)  # raw data: powerlaw drops the zeros itself
+    fit = fit_clauset(x)
+    assert fit.ok and fit.mode == "clauset"
+    assert _rel(fit.alpha, alpha) <= 1e-6, (fit.alpha, alpha)
+    assert _rel(fit.xmin, xmin) <= 1e-6, (fit.xmin, xmin)
+    assert _rel(fit.D, d) <= 1e-6, (fit.D, d)
+    positive = x[x > 0]
+    assert fit.n == positive.size
+    assert fit.n_tail == np.count_nonzero(positive >= fit.xmin)
+
+
+@pytest.mark.parametrize("name", sorted(DATA))
+def test_clauset_pruning_is_exact(name):
+    x = DATA[name]
+    assert fit_clauset(x) == fit_clauset(x, prune=False)
+
+
+def test_clauset_negative_values_are_dropped_like_zeros():
+    x = DATA["pareto_300"]
+    with_neg = np.r_[-2.0, -1e-9, x]
+    assert fit_clauset(with_neg) == fit_clauset(x)
+    alpha, xmin, _ = _powerlaw_ref(with_neg)  # powerlaw keeps them (no exact 0) yet agrees
+    assert _rel(fit_clauset(with_neg).alpha, alpha) <= 1e-6 and fit_clauset(x).xmin == xmin
+
+
+def test_powerlaw_mode_is_the_package():
+    x = DATA["t25_200x150"]
+    ref = fit_power_law(x, mode="powerlaw")
+    ours = fit_power_law(x, mode="clauset")
+    assert ref.mode == "powerlaw" and ref.ok
+    assert _rel(ours.alpha, ref.alpha) <= 1e-6 and ours.xmin == ref.xmin
+    assert _rel(ours.D, ref.D) <= 1e-6 and ours.n_tail == ref.n_tail
+
+
+# --------------------------------------------------------------------- hill-peak reference
+
+
+def _hill_loop(eigs, bins: int = 100, quirk: bool = False) -> tuple[float, float, float, float, int]:
+    """METHOD §3 mode 1 transcribed literally: one candidate at a time, no vectorisation.
+
+    Returns (alpha, xmin, D, peak, n_tail); with ties n_tail = N − i counts from the candidate's
+    own index, as the reference loop does."""
+    lam = np.sort(np.asarray(eigs, dtype=float))
+    lam = lam[lam > 0]
+    size = len(lam)
+    logs = np.log10(lam)
+    edges = np.linspace(logs.min(), logs.max(), bins + 1)
+    counts = []
+    for b in range(bins):
+        upper_ok = logs <= edges[b + 1] if b == bins - 1 else logs < edges[b + 1]
+        counts.append(int(np.sum((logs >= edges[b]) & upper_ok)))
+    fullest = counts.index(max(counts))
+    peak = 10 ** edges[fullest]
+    lower = np.log10(0.95 * peak) if quirk else 0.95 * peak
+    upper = 1.5 * peak
+    best = (2.0, None, None, None)  # (D, alpha, xmin, n)
+    for i in range(size - 1):
+        xmin = lam[i]
+        if xmin < lower:
+            continue
+        if xmin > upper:
+            break
+        n = size - i
+        tail = lam[i:]
+        with np.errstate(divide="ignore"):  # a tied top gives a zero sum: alpha = inf
+            alpha = 1 + n / np.sum(np.log(tail / xmin))
+        d = 1.0
+        if alpha > 1:
+            d = np.max(np.abs(1 - (tail / xmin) ** (1 - alpha) - np.arange(n) / n))
+        if d < best[0]:
+            best = (d, alpha, xmin, n)
+    return best[1], best[2], best[0], peak, best[3]
+
+
+@pytest.mark.parametrize("quirk", [False, True])
+@pytest.mark.parametrize("name", sorted(DATA))
+def test_hill_peak_equals_plain_loop(name, quirk):
+    x = DATA[name]
+    alpha, xmin, d, peak, n_tail = _hill_loop(x, quirk=quirk)
+    fit = fit_hill_peak(x, log10_quirk=quirk)
+    assert fit.ok and fit.mode == "hill-peak"
+    assert fit.peak == pytest.approx(peak, rel=1e-12)
+    assert fit.xmin == pytest.approx(xmin, rel=1e-10)
+    assert fit.alpha == pytest.approx(alpha, rel=1e-10)
+    assert fit.D == pytest.approx(d, rel=1e-10)
+    assert fit.n_tail == n_tail
+    assert fit == fit_hill_peak(x, log10_quirk=quirk, prune=False)
+
+
+def test_hill_peak_other_bin_counts():
+    x = DATA["t25_200x150"]
+    for bins in (10, 37, 250):
+        alpha, xmin, d, _, _ = _hill_loop(x, bins=bins)
+        fit = fit_hill_peak(x, bins=bins)
+        assert (fit.alpha, fit.xmin, fit.D) == pytest.approx((alpha, xmin, d), rel=1e-10)
+
+
+def test_log10_quirk_changes_the_answer():
+    """With a peak well above 1, log10(0.95·peak) admits candidates far below the peak."""
+    x = _esd(np.random.default_rng(0).standard_normal((120, 60)))
+    plain, quirk = fit_hill_peak(x), fit_hill_peak(x, log10_quirk=True)
+    ref_plain, ref_quirk = _hill_loop(x), _hill_loop(x, quirk=True)
+    assert plain.xmin == pytest.approx(ref_plain[1], rel=1e-12)
+    assert quirk.xmin == pytest.approx(ref_quirk[1], rel=1e-12)
+    assert quirk.xmin < 0.95 * quirk.peak <= plain.xmin
+    assert abs(quirk.alpha - plain.alpha) > 0.1
+
+
+# --------------------------------------------------------------------------- sanity, edges
+
+
+def test_gaussian_alpha_larger_than_student_t():
+    """Gaussian ESDs (Marchenko–Pastur, no power law) fit far larger α than Student-t ones.
+
+    Single fits are noisy (hill-peak especially), so compare medians over 8 matrices."""
+    rng = np.random.default_rng(7)
+    gauss = [_esd(rng.standard_normal((400, 200))) for _ in range(8)]
+    heavy = [_esd(rng.standard_t(2.5, (400, 200))) for _ in range(8)]
+    med = {
+        mode: (
+            np.median([fit_power_law(x, mode=mode).alpha for x in gauss]),
+            np.median([fit_power_law(x, mode=mode).alpha for x in heavy]),
+        )
+        for mode in ("clauset", "hill-peak")
+    }
+    assert med["clauset"][0] > 1.5 * med["clauset"][1] and med["clauset"][0] > 5.0, med
+    assert med["clauset"][1] < 4.5, med
+    assert med["hill-peak"][0] > 1.3 * med["hill-peak"][1], med
+
+
+EDGE_CASES = {
+    "empty": np.array([]),
+    "one": np.array([3.0]),
+    "all_equal": np.full(10, 2.5),
+    "zeros_and_one_value": np.array([0.0, 0.0, 1.0, 1.0]),
+    "all_zero": np.zeros(5),
+    "negative": np.array([-1.0, -2.0]),
+    "nan": np.array([1.0, np.nan, 3.0, 4.0]),
+    "inf": np.array([1.0, 2.0, np.inf]),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(EDGE_CASES))
+def test_degenerate_inputs_give_a_reason_not_an_exception(name, mode):
+    fit = fit_power_law(EDGE_CASES[name], mode=mode)
+    assert isinstance(fit, PowerLawFit)
+    assert not fit.ok and fit.reason and np.isnan(fit.alpha)
+    assert fit.mode == mode
+
+
+@pytest.mark.parametrize("mode", ["clauset", "hill-peak"])
+def test_extreme_values_do_not_crash(mode):
+    values = [
+        np.array([1e-300, 1e-200, 1e-100, 1.0, 1e100, 1e200, 1e300]),
+        np.array([5e-324, 1e-310, 1.0, 2.0, 1e308]),
+        np.array([1.0, 1.0 + 2e-16, 1.0 + 4e-16]),
+        np.array([1.0, 2.0]),
+    ]
+    for x in values:
+        fit = fit_power_law(x, mode=mode)
+        assert isinstance(fit, PowerLawFit)
+        if fit.ok:
+            assert fit.alpha > 1.0 and 0.0 <= fit.D <= 1.0 and fit.xmin in x
+
+
+def test_two_values_match_powerlaw():
+    x = np.array([1.0, 2.0])
+    alpha, xmin, d = _powerlaw_ref(x)
+    fit = fit_clauset(x)
+    assert (fit.alpha, fit.xmin, fit.D) == pytest.approx((alpha, xmin, d), rel=1e-12)
+
+
+def test_dispatcher_errors_and_inputs():
+    with pytest.raises(AlphaLoRAError, match="hill-peak, clauset, powerlaw"):
+        fit_power_law([1.0, 2.0, 3.0], mode="wweight")
+    with pytest.raises(AlphaLoRAError, match="Bad option"):
+        fit_power_law([1.0, 2.0, 3.0], mode="clauset", bins=10)
+    with pytest.raises(AlphaLoRAError, match="1-D"):
+        fit_power_law(np.ones((3, 3)))
+    with pytest.raises(AlphaLoRAError, match="bins"):
+        fit_hill_peak([1.0, 2.0, 3.0], bins=0)
+    torch = pytest.importorskip("torch")
+    x = DATA["pareto_300"]
+    assert fit_clauset(torch.tensor(x)) == fit_clauset(x)
+    assert fit_hill_peak(list(x)) == fit_hill_peak(x)
+
+
+def test_fit_is_frozen():
+    fit = fit_clauset(DATA["pareto_15"])
+    with pytest.raises(AttributeError):
+        fit.alpha = 2.0  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------ torch batch
+
+
+@pytest.mark.parametrize("quirk", [False, True])
+def test_fit_many_cpu_equals_numpy(quirk):
+    names = ["gauss_40x30", "t2_100x50", "ties_rounded", "ties_top", "zeros_rank_def"]
+    spectra = [DATA[n] for n in names] + [DATA["t2_100x50"] * 3.0, EDGE_CASES["one"]]
+    for mode in ("clauset", "hill-peak"):
+        many = fit_many(spectra, mode=mode, device="cpu", log10_quirk=quirk)
+        kw = {"log10_quirk": quirk} if mode == "hill-peak" else {}
+        single = [fit_power_law(x, mode=mode, **kw) for x in spectra]
+        assert len(many) == len(single)
+        for a, b in zip(many, single, strict=True):
+            if b.ok:
+                assert a.xmin == b.xmin and a.n_tail == b.n_tail
+                assert a.alpha == pytest.approx(b.alpha, rel=1e-9)
+                assert a.D == pytest.approx(b.D, rel=1e-9)
+            else:
+                assert not a.ok and a.reason
+
+
+@pytest.mark.gpu
+def test_fit_many_cuda_equals_numpy():
+    spectra = [DATA[n] for n in sorted(DATA)]
+    for mode in ("clauset", "hill-peak"):
+        many = fit_many(spectra, mode=mode, device="cuda")
+        for a, x in zip(many, spectra, strict=True):
+            b = fit_power_law(x, mode=mode)
+            assert a.xmin == b.xmin
+            assert a.alpha == pytest.approx(b.alpha, rel=1e-9)
+            assert a.D == pytest.approx(b.D, rel=1e-9)
