@@ -29,7 +29,7 @@ RUNS_KEY = "alphalora_runs"  # run ids launched in this session (newest first)
 _MAX_ANALYSES = 8
 
 
-def page_setup(title: str, icon: str = "📈") -> None:
+def page_setup(title: str, icon: str = ":material/monitoring:") -> None:
     """Page config, default session state and the sidebar summary of the current choices."""
     st.set_page_config(page_title=f"{title} · AlphaLoRA Studio", page_icon=icon, layout="wide")
     init_state()

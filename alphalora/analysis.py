@@ -8,13 +8,17 @@ a second analysis of the same model loads instantly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,7 @@ class AnalysisOptions:
     include_non_block: bool = False
     log10_quirk: bool = False
     esd_scale: str = "none"
+    workers: int = 0  # CPU solver threads; 0 = one per core
 
     def validate(self) -> None:
         """Raise :class:`AlphaLoRAError` on an unknown option value."""
@@ -73,6 +78,7 @@ class AnalysisOptions:
         """The options that change the numbers (the device does not)."""
         d = asdict(self)
         d.pop("device")
+        d.pop("workers")
         return d
 
 
@@ -230,66 +236,108 @@ def _save_cache(path: Path, result: AnalysisResult) -> None:
         raise
 
 
+def _loaded(
+    source: ModelSource, infos: list[MatrixInfo]
+) -> Iterator[tuple[MatrixInfo, torch.Tensor | None, str | None]]:
+    """Read matrices one by one; a matrix with no meaningful spectrum comes with its reason."""
+    for info in infos:
+        try:
+            w = source.load(info.name)
+        except AlphaLoRAError as exc:
+            yield info, None, str(exc)
+            continue
+        finite = bool(torch.isfinite(w).all())
+        fro = float(torch.linalg.vector_norm(w.double()) ** 2) if finite else math.nan
+        problem = check_matrix(tuple(w.shape), finite, fro)
+        yield (info, None, problem.reason) if problem else (info, w, None)
+
+
+@contextlib.contextmanager
+def _single_threaded_torch() -> Iterator[None]:
+    """One intra-op thread per solver while our own pool runs several solvers at once."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _spectra_cpu(
+    items: Iterator[tuple[MatrixInfo, torch.Tensor | None, str | None]],
+    dtype: torch.dtype,
+    workers: int,
+) -> Iterator[tuple[MatrixInfo, np.ndarray | None, str | None]]:
+    """Eigenvalues on the CPU: independent matrices solved in parallel threads (torch
+    releases the GIL), each solver single-threaded, at most ``2·workers`` matrices in memory."""
+    cpu = torch.device("cpu")
+    with _single_threaded_torch(), ThreadPoolExecutor(max_workers=workers) as pool:
+        window: deque[tuple[MatrixInfo, Future | None, str | None]] = deque()
+        for info, w, problem in items:
+            fut = None if w is None else pool.submit(eigenvalues, w, dtype=dtype, device=cpu)
+            window.append((info, fut, problem))
+            while len(window) > 2 * workers:
+                i, f, p = window.popleft()
+                yield i, (f.result() if f else None), p
+        while window:
+            i, f, p = window.popleft()
+            yield i, (f.result() if f else None), p
+
+
+def _spectra_gpu(
+    items: Iterator[tuple[MatrixInfo, torch.Tensor | None, str | None]],
+    dtype: torch.dtype,
+    device: torch.device,
+    batch_bytes: int = 512 * 2**20,
+) -> Iterator[tuple[MatrixInfo, np.ndarray | None, str | None]]:
+    """Eigenvalues on a GPU: consecutive same-shaped matrices are stacked into one batched
+    solve (bounded to ``batch_bytes``), the rest one by one."""
+    pending: list[tuple[MatrixInfo, torch.Tensor]] = []
+
+    def flush() -> Iterator[tuple[MatrixInfo, np.ndarray | None, str | None]]:
+        mats = [w for _, w in pending]
+        eigs_list = eigenvalues_batched(mats, dtype=dtype, device=device)
+        yield from ((info, eigs, None) for (info, _), eigs in zip(pending, eigs_list, strict=True))
+        pending.clear()
+
+    for info, w, problem in items:
+        if w is None:
+            yield from flush()
+            yield info, None, problem
+            continue
+        if pending and (
+            tuple(pending[0][1].shape) != tuple(w.shape)
+            or (len(pending) + 1) * w.numel() * 8 > batch_bytes
+        ):
+            yield from flush()
+        pending.append((info, w))
+    yield from flush()
+
+
 def _spectra(
     source: ModelSource,
     infos: list[MatrixInfo],
     opts: AnalysisOptions,
     device: torch.device,
     progress: ProgressFn | None,
-) -> Iterable[tuple[MatrixInfo, np.ndarray | None, str | None]]:
-    """Yield (info, eigenvalues or None, problem) per matrix, streaming from the source.
-
-    On a GPU, same-shaped matrices are batched (a few at a time, bounded memory); on the
-    CPU they go one by one, which is as fast with a threaded eigen-solver.
-    """
+) -> Iterator[tuple[MatrixInfo, np.ndarray | None, str | None]]:
+    """Yield (info, eigenvalues or None, problem) per matrix, in order, streaming from the
+    source so that only a few matrices are in memory at any time."""
     dtype = torch.float64 if opts.precision == "float64" else torch.float32
-    batch_bytes = 512 * 2**20 if device.type == "cuda" else 0
-    pending: list[tuple[MatrixInfo, torch.Tensor]] = []
-    total = len(infos)
-    done = 0
+    items = _loaded(source, infos)
+    if device.type == "cuda":
+        results = _spectra_gpu(items, dtype, device)
+    else:
+        results = _spectra_cpu(items, dtype, opts.workers or default_workers())
+    for done, row in enumerate(results, start=1):
+        if progress:
+            progress(done, len(infos), row[0].name)
+        yield row
 
-    def flush() -> Iterable[tuple[MatrixInfo, np.ndarray | None, str | None]]:
-        nonlocal done
-        if not pending:
-            return
-        mats = [w for _, w in pending]
-        eigs_list = (
-            eigenvalues_batched(mats, dtype=dtype, device=device)
-            if len(mats) > 1
-            else [eigenvalues(mats[0], dtype=dtype, device=device)]
-        )
-        for (info, _), eigs in zip(pending, eigs_list, strict=True):
-            done += 1
-            if progress:
-                progress(done, total, info.name)
-            yield info, eigs, None
-        pending.clear()
 
-    for info in infos:
-        try:
-            w = source.load(info.name)
-        except AlphaLoRAError as exc:
-            done += 1
-            if progress:
-                progress(done, total, info.name)
-            yield info, None, str(exc)
-            continue
-        finite = bool(torch.isfinite(w).all())
-        fro = float(torch.linalg.vector_norm(w.double()) ** 2) if finite else math.nan
-        problem = check_matrix(tuple(w.shape), finite, fro)
-        if problem is not None:
-            done += 1
-            if progress:
-                progress(done, total, info.name)
-            yield info, None, problem.reason
-            continue
-        if pending and (tuple(pending[0][1].shape) != tuple(w.shape)
-                        or (len(pending) + 1) * w.numel() * 8 > batch_bytes):  # fmt: skip
-            yield from flush()
-        pending.append((info, w))
-        if batch_bytes == 0:
-            yield from flush()
-    yield from flush()
+def default_workers() -> int:
+    """Parallel eigen-solvers on the CPU: one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def analyze(

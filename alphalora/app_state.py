@@ -285,8 +285,12 @@ def _power_law_variances(n: int, exponent: float) -> np.ndarray:
 
 
 def esd(w: np.ndarray) -> np.ndarray:
-    """Eigenvalues of WᵀW (squared singular values, ascending, no 1/N)."""
-    return np.sort(np.linalg.svd(np.asarray(w, dtype=np.float64), compute_uv=False) ** 2)
+    """Eigenvalues of WᵀW (squared singular values, ascending, no 1/N), from the Gram matrix
+    of the smaller side in float64 (METHOD.md §2's fast path; an SVD gives the same α and is
+    far slower when BLAS threads compete for a busy CPU)."""
+    w = np.asarray(w, dtype=np.float64)
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    return np.clip(np.linalg.eigvalsh(gram), 0.0, None)
 
 
 def marchenko_pastur(lam: np.ndarray, n_rows: int, n_cols: int, sigma2: float) -> np.ndarray:

@@ -185,6 +185,28 @@ def _iter_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             yield number, record
 
 
+def _iter_json_array(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    """A ``.json`` file holding one list of objects; positions are reported as item numbers."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AlphaLoRAError(
+            f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}). Use a list of objects "
+            'such as [{"prompt": "...", "answer": "..."}] or one object a line (.jsonl).'
+        ) from exc
+    if not isinstance(records, list):
+        raise AlphaLoRAError(
+            f"{path} must hold a JSON list of objects; got a {type(records).__name__}."
+        )
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise AlphaLoRAError(
+                f"{path}: item {number} is a JSON {type(record).__name__}, not an object with "
+                'named fields such as {"prompt": "...", "answer": "..."}.'
+            )
+        yield number, record
+
+
 def _iter_csv(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     with path.open("r", encoding="utf-8", newline="") as fh:
         text = fh.read()
@@ -259,16 +281,21 @@ def _multiple_choice_example(record: dict[str, Any], path: Path, number: int) ->
 def _check_text(value: Any, column: str, path: Path, number: int) -> str:
     if value is None or (isinstance(value, float) and value != value):
         raise AlphaLoRAError(f"{path}: line {number}: the {column!r} field is empty.")
-    text = (
-        value
-        if isinstance(value, str)
-        else json.dumps(value)
-        if isinstance(value, list | dict)
-        else str(value)
-    )
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list | dict):
+        text = json.dumps(value)
+    else:
+        text = str(value)
     if not text.strip():
         raise AlphaLoRAError(f"{path}: line {number}: the {column!r} field is empty.")
     return text
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(4096).lstrip()
+    return head.startswith(b"[")
 
 
 def read_examples(path: str | Path) -> tuple[list[Example], list[str | None], str]:
@@ -283,8 +310,10 @@ def read_examples(path: str | Path) -> tuple[list[Example], list[str | None], st
     if path.is_dir():
         raise AlphaLoRAError(f"{path} is a folder; give the path to a .jsonl or .csv file.")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows: Iterable[tuple[int, dict[str, Any]]] = _iter_jsonl(path)
+    if suffix == ".json" and _starts_with_bracket(path):
+        rows: Iterable[tuple[int, dict[str, Any]]] = _iter_json_array(path)
+    elif suffix in (".jsonl", ".json"):
+        rows = _iter_jsonl(path)
     elif suffix in (".csv", ".tsv"):
         if suffix == ".tsv":
             raise AlphaLoRAError(f"{path}: tab-separated files are not supported; save as CSV.")
@@ -360,6 +389,12 @@ def _attach_label_choices(
     return [Example(ex.prompt, ex.answer, choices) for ex in examples], choices, "choice"
 
 
+def _free_form(examples: list[Example]) -> list[Example]:
+    """Drop the answer choices: the model is trained to write the answer and stop (EOS),
+    and scored by generation."""
+    return [Example(ex.prompt, ex.answer) for ex in examples]
+
+
 def load_user_task(
     path: str | Path,
     *,
@@ -383,8 +418,9 @@ def load_user_task(
     else:
         examples, choices, scoring_used = _attach_label_choices(examples, scoring)
         template = "{prompt}"
-    if scoring_used == "generate" and layout == "prompt-answer":
-        notes.append("free-form answers: scored by greedy generation and exact match")
+    if scoring_used == "generate":
+        examples = _free_form(examples)
+        notes.append("scored by greedy generation and exact match of the first line")
     if any(s is not None for s in splits):
         unknown = sorted({s for s in splits if s not in TRAIN_SPLITS | EVAL_SPLITS})
         if unknown:
@@ -430,7 +466,8 @@ def load_task(spec: str | Path, *, scoring: str = "auto") -> Task:
     if text in SHIPPED_TASKS:
         task = SHIPPED_TASKS[text]()
         if scoring == "generate":
-            task.scoring = "generate"
+            task.scoring, task.choices = "generate", None
+            task.train, task.eval = _free_form(task.train), _free_form(task.eval)
         return task
     path = Path(text).expanduser()
     if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv") or path.exists():

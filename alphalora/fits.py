@@ -10,13 +10,15 @@ The candidate with the smallest D wins (the first one on ties). Two modes:
   (log10 needs λ > 0; exact zeros come from rank-deficient matrices).
 * ``clauset``: Clauset–Shalizi–Newman as implemented by ``powerlaw`` 1.5: candidates are the
   unique values except the largest and S is evaluated once per unique value (left of each step).
-  Equal to ``powerlaw.Fit(x).power_law.alpha / .xmin / .D`` to ~1e-13. Like powerlaw, λ ≤ 0 are
-  dropped (powerlaw drops them when an exact 0 is present; with negatives and no zero it keeps
-  them but they never change its answer, see the README).
+  Equal to ``powerlaw.Fit(x).power_law.alpha / .xmin / .D`` (bit for bit on every spectrum
+  tested; the contract is 1e-6). Like powerlaw, λ ≤ 0 are dropped (powerlaw drops them when
+  an exact 0 is present; negatives without a 0 it keeps, but they never change its answer).
 
-Speed: α for every candidate comes from one reverse cumulative sum (O(N)); D is exact, but most
-candidates are skipped by a cheap lower bound (the KS terms at a few tail points, a subset of
-the terms of the exact maximum). ``fit_many`` runs the same scans batched in torch (GPU).
+Speed: α for every candidate comes from one reverse cumulative sum (O(N)). D is exact, but a
+cheap lower bound (the KS terms at a few tail points: a subset of the terms whose maximum is D)
+ranks the candidates; the most promising get their exact D, the positions where their maxima
+fell sharpen the bounds of the rest, and the scan stops once every bound exceeds the best D.
+``fit_many`` runs brute-force scans batched in torch on a GPU.
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ from alphalora.errors import AlphaLoRAError
 
 MODES = ("hill-peak", "clauset", "powerlaw")
 _BLOCK = 1 << 18  # elements per 2-D work block (a few MB of float64 temporaries)
-# Lower bound on D: the KS terms at the 2 tail points after xmin and at 0, 1/3, 2/3 and all of
-# the tail. On SmolLM2's 210 spectra this mix did ~3x less work than 32 points (fewer bound
-# terms, about as few exact scans); the answer never depends on it.
-_LB_FIRST = np.arange(1, 3)[:, None]
-_LB_SPREAD = np.linspace(0.0, 1.0, 4)[:, None]
-_FIRST_EXACT = 4  # exact D for the most promising candidates after each stage
+# Lower bound on D: the KS terms at tail offsets max(floor(frac·last), min) — the 2 points after
+# xmin, then 1/3, 2/3 and the end of the tail. On SmolLM2's spectra this did ~3x less work than
+# 32 points (fewer bound terms, about as few exact scans); the answer never depends on it.
+_LB_FRAC = np.array([0.0, 0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0])[:, None]
+_LB_MIN = np.array([1, 2, 0, 0, 0])[:, None]
+_FIRST_EXACT = 8  # candidates scored exactly in the first round (doubling after)
 _SMALL = 4096  # below this many KS terms in all, computing every D is cheaper than bounding
 _SLACK = 1e-12  # absolute margin on D (in [0, 1]) before a bound may discard a candidate
 
@@ -49,7 +51,8 @@ _SLACK = 1e-12  # absolute margin on D (in [0, 1]) before a bound may discard a 
 class PowerLawFit:
     """Result of one fit. ``reason`` is set (and ``alpha`` NaN) when no fit was possible.
 
-    ``n`` counts the positive eigenvalues used, ``n_tail`` those ≥ ``xmin`` (xmin included);
+    ``n`` counts the positive eigenvalues used; ``n_tail`` the tail points, xmin included (for
+    hill-peak N − i from the candidate's own index, as the reference counts when xmin is tied);
     ``peak`` is the hill-peak histogram peak in linear units (None for other modes).
     """
 
@@ -90,14 +93,18 @@ def _prepare(eigs: Any, mode: str) -> tuple[np.ndarray, PowerLawFit | None]:
     if not np.isfinite(x).all():
         bad = int(np.count_nonzero(~np.isfinite(x)))
         return x, _no_fit(
-            mode, x.size, f"{bad} of {x.size} eigenvalues are NaN or infinite: the matrix is "
-            "broken (check its dtype/dequantisation); no fit."
+            mode,
+            x.size,
+            f"{bad} of {x.size} eigenvalues are NaN or infinite: the matrix is "
+            "broken (check its dtype/dequantisation); no fit.",
         )
     x = np.sort(x[x > 0])
     if x.size < 2 or x[0] == x[-1]:
         return x, _no_fit(
-            mode, x.size, f"fewer than 2 distinct positive eigenvalues ({x.size} positive); "
-            "a power law needs at least two."
+            mode,
+            x.size,
+            f"fewer than 2 distinct positive eigenvalues ({x.size} positive); "
+            "a power law needs at least two.",
         )
     return x, None
 
@@ -127,9 +134,8 @@ class _Problem:
     def __init__(self, x: np.ndarray, ev: np.ndarray | None, clauset: bool) -> None:
         self.x, self.ev, self.clauset = x, ev, clauset
         self.total = x.size if ev is None else ev.size  # number of evaluation points
-        idx = np.arange(x.size, dtype=np.float64)
-        # clauset: powerlaw's k/N (renormalised below); hill-peak: plain k
-        self.steps = idx / x.size if clauset else idx
+        # clauset: powerlaw's empirical CDF k/N of the whole sample (renormalised per xmin)
+        self.steps = np.arange(x.size) / x.size if clauset else None
 
     def terms_max(
         self, cpos: np.ndarray, alpha: np.ndarray, offs: np.ndarray, where: bool = False
@@ -143,22 +149,22 @@ class _Problem:
         """
         x, ev = self.x, self.ev
         pos = np.minimum(offs + cpos[None, :], self.total - 1)  # [T, C]
-        k = pos if ev is None else ev[pos]
-        i = cpos if ev is None else ev[cpos]
-        with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        if ev is None:  # hill-peak: (k − i) / n with n = N − i, i.e. k/n for k = 0..n−1
+            k, i = pos, cpos
+            emp = np.subtract(k, i, dtype=np.float64)
+            emp /= x.size - i
+        else:  # clauset: (k/N − i/N) / (1 − i/N), as powerlaw renormalises its CDF
+            k, i = ev[pos], ev[cpos]
             si = self.steps[i]
             emp = self.steps[k]
             emp -= si
-            if self.clauset:  # (k/N − i/N) / (1 − i/N), as powerlaw renormalises its CDF
-                emp /= 1.0 - si
-            else:  # (k − i) / n with n = N − i: k/n for k = 0..n−1
-                emp /= x.size - si
-            r = x[k]
-            r /= x[i]
-            np.power(r, 1.0 - alpha, out=r)
-            np.subtract(1.0, r, out=r)
-            r -= emp
-            np.abs(r, out=r)
+            emp /= 1.0 - si
+        r = x[k]  # callers run under np.errstate(all="ignore")
+        r /= x[i]
+        np.power(r, 1.0 - alpha, out=r)
+        np.subtract(1.0, r, out=r)
+        r -= emp
+        np.abs(r, out=r)
         if not where:
             return r.max(axis=0), None
         row = r.argmax(axis=0)
@@ -168,11 +174,12 @@ class _Problem:
     def exact(self, cpos: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact KS distance of each candidate (all its evaluation points) and the position
         of its maximum, in bounded blocks."""
+        cols = max(1, _BLOCK // max(self.total - int(cpos.min(initial=self.total)), 1))
+        if cpos.size <= cols:  # one block (the usual case)
+            width = self.total - int(cpos.min(initial=self.total))
+            return self.terms_max(cpos, alpha, np.arange(width)[:, None], True)  # type: ignore[return-value]
         d = np.empty(cpos.size)
         at = np.empty(cpos.size, dtype=np.int64)
-        if cpos.size == 0:
-            return d, at
-        cols = max(1, _BLOCK // max(self.total - int(cpos.min()), 1))
         for s in range(0, cpos.size, cols):
             sl = slice(s, s + cols)
             width = self.total - int(cpos[sl].min())
@@ -180,14 +187,14 @@ class _Problem:
         return d, at
 
     def lower_bound(self, cpos: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        """A lower bound on each candidate's D: its KS terms at the first tail points after
-        xmin and at evenly spaced ones (a subset of the terms whose maximum is D)."""
-        m1 = (self.total - 1 - cpos)[None, :]  # last offset of each tail (≥ 1)
-        offs = np.concatenate(
-            [np.minimum(_LB_FIRST, m1), (_LB_SPREAD * m1).astype(np.int64)], axis=0
-        )
-        out = np.empty(cpos.size)
+        """A lower bound on each candidate's D: its KS terms at the 2 tail points after xmin
+        and at 1/3, 2/3 and the end of its tail (a subset of the terms whose maximum is D)."""
+        last = (self.total - 1 - cpos)[None, :]  # offset of the last point of each tail (≥ 1)
+        offs = np.maximum((_LB_FRAC * last).astype(np.int64), _LB_MIN)  # clamped in terms_max
         cols = max(1, _BLOCK // offs.shape[0])
+        if cpos.size <= cols:
+            return self.terms_max(cpos, alpha, offs)[0]
+        out = np.empty(cpos.size)
         for s in range(0, cpos.size, cols):
             sl = slice(s, s + cols)
             out[sl] = self.terms_max(cpos[sl], alpha[sl], offs[:, sl])[0]
@@ -207,36 +214,51 @@ def _scan(
     exceeds that D by more than ``_SLACK``, so ties (the first index wins, as in powerlaw and
     the reference loop) are decided on exact values.
     """
-    usable = np.arange(cpos.size) if prob.clauset else np.flatnonzero(alpha > 1.0)
-    if usable.size == 0:
-        return -1, float("nan")
-    cp, al = cpos[usable], alpha[usable]
+    with np.errstate(all="ignore"):  # overflow/underflow in the power are meaningful limits
+        return _scan_inner(prob, cpos, alpha, prune)
+
+
+def _scan_inner(
+    prob: _Problem, cpos: np.ndarray, alpha: np.ndarray, prune: bool
+) -> tuple[int, float]:
+    if prob.clauset or alpha.min() > 1.0:  # always so for finite positive spectra
+        usable, cp, al = None, cpos, alpha
+    else:
+        usable = np.flatnonzero(alpha > 1.0)
+        if usable.size == 0:
+            return -1, float("nan")
+        cp, al = cpos[usable], alpha[usable]
+    w, d = _best(prob, cp, al, prune)
+    return (w if usable is None else int(usable[w])), d
+
+
+def _best(prob: _Problem, cp: np.ndarray, al: np.ndarray, prune: bool) -> tuple[int, float]:
     if not prune or cp.size * (prob.total - int(cp.min())) <= _SMALL:
         d = prob.exact(cp, al)[0]
         w = int(np.argmin(d))
-        return int(usable[w]), float(d[w])
-    lb = prob.lower_bound(cp, al)
-    done = np.zeros(cp.size, dtype=bool)
+        return w, float(d[w])
+    lb = prob.lower_bound(cp, al)  # +inf once a candidate has its exact D
     best_d, best = np.inf, -1
     batch = _FIRST_EXACT
     cols_max = max(_FIRST_EXACT, _BLOCK // max(prob.total - int(cp.min()), 1))
-    while True:
-        alive = np.flatnonzero(~done & (lb <= best_d + _SLACK))
-        if alive.size == 0:
-            break
+    alive = np.arange(cp.size)
+    while alive.size:
         take = alive[np.argsort(lb[alive], kind="stable")[:batch]]
         d, at = prob.exact(cp[take], al[take])
-        done[take] = True
+        lb[take] = np.inf
         for j, dj in zip(take.tolist(), d.tolist(), strict=True):
             if dj < best_d or (dj == best_d and j < best):
                 best_d, best = dj, j
-        alive = np.flatnonzero(~done & (lb <= best_d + _SLACK))
+        alive = np.flatnonzero(lb <= best_d + _SLACK)
+        if alive.size * (prob.total - int(cp[alive].min(initial=prob.total))) <= _SMALL:
+            batch = max(batch, alive.size)  # few left: scoring them beats sharpening bounds
+            continue
         if alive.size:  # sharpen: the KS terms of the survivors where the scored ones peaked
-            hot = np.unique(at)[:, None]
-            offs = np.maximum(hot - cp[alive][None, :], 0)
+            offs = np.maximum(at[:, None] - cp[alive][None, :], 0)
             lb[alive] = np.maximum(lb[alive], prob.terms_max(cp[alive], al[alive], offs)[0])
+            alive = alive[lb[alive] <= best_d + _SLACK]
         batch = min(batch * 2, cols_max)
-    return int(usable[best]), best_d
+    return best, best_d
 
 
 def _first_occurrences(x: np.ndarray) -> np.ndarray:
@@ -333,8 +355,11 @@ def fit_hill_peak(
     peak, lo, hi, cand = _hill_window(x, bins, log10_quirk)
     if cand.size == 0:
         return _no_fit(
-            "hill-peak", x.size, f"no eigenvalue (other than the largest) lies in the peak "
-            f"window [{lo:.6g}, {hi:.6g}] around the histogram peak {peak:.6g}.", peak=peak
+            "hill-peak",
+            x.size,
+            f"no eigenvalue (other than the largest) lies in the peak "
+            f"window [{lo:.6g}, {hi:.6g}] around the histogram peak {peak:.6g}.",
+            peak=peak,
         )
     alpha = _alphas(x)[cand]
     w, d = _scan(_Problem(x, None, clauset=False), cand, alpha, prune=prune)
@@ -385,16 +410,29 @@ def fit_powerlaw_package(eigs: Any) -> PowerLawFit:
 
 
 def fit_power_law(eigs: Any, mode: str = "hill-peak", **kw: Any) -> PowerLawFit:
-    """Fit one spectrum with ``mode`` in ``hill-peak`` (default), ``clauset`` or ``powerlaw``."""
+    """Fit one spectrum with ``mode`` in ``hill-peak`` (default), ``clauset`` or ``powerlaw``.
+
+    Options go to the mode's function: ``bins``/``log10_quirk`` for hill-peak, ``prune`` for
+    hill-peak and clauset.
+    """
     funcs = {"hill-peak": fit_hill_peak, "clauset": fit_clauset, "powerlaw": fit_powerlaw_package}
     if mode not in funcs:
         raise AlphaLoRAError(f"Unknown fit mode {mode!r}; valid modes: {', '.join(MODES)}.")
-    try:
-        return funcs[mode](eigs, **kw)
-    except TypeError as exc:
-        if "argument" in str(exc):
-            raise AlphaLoRAError(f"Bad option for fit mode {mode!r}: {exc}") from exc
-        raise
+    allowed = _OPTIONS[mode]
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise AlphaLoRAError(
+            f"Bad option(s) {', '.join(unknown)} for fit mode {mode!r}; it accepts: "
+            f"{', '.join(sorted(allowed)) or 'none'}."
+        )
+    return funcs[mode](eigs, **kw)
+
+
+_OPTIONS = {
+    "hill-peak": {"bins", "log10_quirk", "prune"},
+    "clauset": {"prune"},
+    "powerlaw": set(),
+}
 
 
 # --------------------------------------------------------------------------- torch batches
@@ -416,13 +454,14 @@ def _torch_winners(
     import torch
 
     b, size = xs.shape
+    budget = (1 << 25) if torch.device(device).type == "cuda" else (1 << 21)  # block elements
     x = torch.as_tensor(xs, dtype=torch.float64, device=device)
     al = torch.as_tensor(alpha, dtype=torch.float64, device=device)
     cm = torch.as_tensor(cand_mask, device=device)
     em = torch.as_tensor(eval_mask, device=device)
     idx = torch.arange(size, device=device, dtype=torch.float64)
     d_all = torch.full((b, size), float("inf"), dtype=torch.float64, device=device)
-    rows = max(1, (1 << 24) // max(b * size, 1))
+    rows = max(1, budget // max(b * size, 1))
     for s in range(0, size, rows):
         e = min(size, s + rows)
         xi = x[:, s:e, None]  # [B, R, 1]
@@ -438,9 +477,9 @@ def _torch_winners(
         valid = (k >= i) & em[:, None, :]
         d = torch.where(valid, torch.abs(theo - emp), torch.zeros((), dtype=x.dtype, device=device))
         d = d.amax(dim=2)
-        if not clauset:
-            d = torch.where(ai[..., 0] > 1.0, d, torch.ones_like(d))
-        d_all[:, s:e] = torch.where(cm[:, s:e], d, torch.full_like(d, float("inf")))
+        # hill-peak: alpha <= 1 keeps D = 1 in the reference, which never beats a real fit
+        usable = cm[:, s:e] if clauset else cm[:, s:e] & (ai[..., 0] > 1.0)
+        d_all[:, s:e] = torch.where(usable, d, torch.full_like(d, float("inf")))
     best = torch.argmin(d_all, dim=1)  # first minimum on ties
     finite = torch.isfinite(d_all.gather(1, best[:, None]))[:, 0]
     best = torch.where(finite, best, torch.full_like(best, -1))
@@ -454,20 +493,29 @@ def fit_many(
     *,
     bins: int = 100,
     log10_quirk: bool = False,
+    engine: str = "auto",
 ) -> list[PowerLawFit]:
-    """Fit many spectra at once with torch (batched by length; GPU when ``device`` has one).
+    """Fit many spectra; on a GPU the candidate scans run batched in torch.
 
-    Same results as :func:`fit_power_law` (the winner's α and D are finished by the same code);
-    ``powerlaw`` mode simply loops over the reference package.
+    ``engine``: ``numpy`` (the pruned per-spectrum fits), ``torch`` (brute-force scans,
+    spectra of equal length stacked, on ``device``) or ``auto`` (torch on CUDA, else numpy:
+    on a CPU the pruned numpy scan is the faster one). Same answers as :func:`fit_power_law`
+    to ~1e-12 either way; ``powerlaw`` mode simply loops over the reference package.
     """
     if mode not in MODES:
         raise AlphaLoRAError(f"Unknown fit mode {mode!r}; valid modes: {', '.join(MODES)}.")
+    if engine not in ("auto", "numpy", "torch"):
+        raise AlphaLoRAError(f"Unknown engine {engine!r}; use 'auto', 'numpy' or 'torch'.")
+    bins = _check_bins(bins)
     if mode == "powerlaw":
         return [fit_powerlaw_package(e) for e in eigs_list]
     from alphalora.spectra import resolve_device
 
     dev = resolve_device(device)
-    bins = _check_bins(bins)
+    if engine == "numpy" or (engine == "auto" and dev.type != "cuda"):
+        if mode == "clauset":
+            return [fit_clauset(e) for e in eigs_list]
+        return [fit_hill_peak(e, bins=bins, log10_quirk=log10_quirk) for e in eigs_list]
     out: list[PowerLawFit | None] = [None] * len(eigs_list)
     groups: dict[int, list[tuple[int, np.ndarray, Any]]] = {}
     for j, eigs in enumerate(eigs_list):
@@ -480,8 +528,11 @@ def fit_many(
             peak, lo, hi, cand = _hill_window(x, bins, log10_quirk)
             if cand.size == 0:
                 out[j] = _no_fit(
-                    mode, x.size, f"no eigenvalue (other than the largest) lies in the peak "
-                    f"window [{lo:.6g}, {hi:.6g}] around the histogram peak {peak:.6g}.", peak=peak
+                    mode,
+                    x.size,
+                    f"no eigenvalue (other than the largest) lies in the peak "
+                    f"window [{lo:.6g}, {hi:.6g}] around the histogram peak {peak:.6g}.",
+                    peak=peak,
                 )
                 continue
             extra = (peak, cand)
@@ -508,7 +559,9 @@ def fit_many(
                     out[j] = _finish_clauset(x, w)
                 elif w < 0:
                     out[j] = _no_fit(
-                        mode, x.size, "every candidate in the peak window has alpha <= 1.",
+                        mode,
+                        x.size,
+                        "every candidate in the peak window has alpha <= 1.",
                         peak=extra[0],
                     )
                 else:

@@ -137,7 +137,10 @@ def router_load(model: nn.Module, attention_mask: Tensor | None = None) -> list[
     for modules in _layers_with_routing(model).values():
         _, index, weight = _layer_tensors(modules, attention_mask)
         shares.append(assignment_share(index, modules[0].num_experts, weight))
-    return [share.detach().cpu().tolist() for share in shares]
+    flat = torch.cat([share.to(shares[0].device) for share in shares]).cpu().tolist()
+    sizes = [share.numel() for share in shares]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [flat[start : start + size] for start, size in zip(starts, sizes, strict=True)]
 
 
 def clear_router_state(model: nn.Module) -> None:

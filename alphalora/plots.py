@@ -41,11 +41,19 @@ _SYMBOLS = ("circle", "square", "diamond", "cross", "x", "triangle-up", "triangl
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, **extra: Any) -> go.Figure:
     """Common look: white template, titled axes, closest-point hover, legend on top."""
     fig.update_layout(
-        title={"text": title, "x": 0.0, "xanchor": "left"},
+        # Title on top of the figure, legend in rows between it and the plot: never overlapping.
+        title={
+            "text": title,
+            "x": 0.0,
+            "xanchor": "left",
+            "y": 0.98,
+            "yref": "container",
+            "yanchor": "top",
+        },
         template="plotly_white",
         hovermode="closest",
-        margin={"l": 70, "r": 30, "t": 60, "b": 60},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1.0},
+        margin={"l": 70, "r": 30, "t": 110, "b": 60},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
         **extra,
     )
     fig.layout.xaxis.title.text = x_title  # the primary axes only (a y2 keeps its own title)
@@ -390,7 +398,7 @@ def allocation_figure(
                     "side": "right", "showgrid": False},
         )  # fmt: skip
     fig.update_layout(bargap=0.15)
-    fig.update_xaxes(dtick=1 if n <= 40 else None)
+    fig.update_xaxes(dtick=1 if n <= 40 else None, range=[-0.6, n - 0.4])
     fig.update_yaxes(rangemode="tozero")
     return _layout(fig, title, LAYER_AXIS_TITLE, EXPERTS_AXIS_TITLE)
 

@@ -398,7 +398,8 @@ class _Session:
     def open_run(self) -> None:
         from accelerate.utils import broadcast_object_list
 
-        from alphalora.runs import run_dir
+        from alphalora import paths
+        from alphalora.runs import check_run_id, run_dir
 
         cfg = self.config
         if self.main:
@@ -428,16 +429,19 @@ class _Session:
         broadcast_object_list(box)
         self.run_id = box[0]
         self.owns_run = True
-        try:
-            self.folder = run_dir(self.run_id)
-        except OSError as exc:
-            raise AlphaLoRAError(
-                f"Cannot create the folder of run {self.run_id} ({exc.strerror or exc}). Set "
-                "ALPHALORA_HOME to a writable folder."
-            ) from exc
+        if self.main:
+            try:
+                self.folder = run_dir(self.run_id)
+            except OSError as exc:
+                raise AlphaLoRAError(
+                    f"Cannot create the folder of run {self.run_id} ({exc.strerror or exc}). "
+                    "Set ALPHALORA_HOME to a writable folder."
+                ) from exc
+            _check_writable(self.folder)
+            _check_writable(self.folder / CHECKPOINTS_DIR)
+        else:  # only the main process writes; the others read checkpoints from here
+            self.folder = paths.data_dir() / "runs" / check_run_id(self.run_id)
         self.checkpoint_root = self.folder / CHECKPOINTS_DIR
-        _check_writable(self.folder)
-        _check_writable(self.checkpoint_root)
         fields: dict[str, Any] = {
             "status": "running",
             "pid": os.getpid(),
@@ -656,15 +660,18 @@ class _Session:
         acc = self.accelerator
         final = self.checkpoint_root / f"step-{self.step}"
         tmp = self.checkpoint_root / f".tmp-step-{self.step}-{os.getpid()}"
+        rng, rng_meta = self.rng_snapshot or _capture_rng()
+        states = [(acc.process_index, rng, rng_meta)]
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            states = gather_object(states)
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        rng, rng_meta = self.rng_snapshot or _capture_rng()
-        torch.save(rng, tmp / f"rng-{acc.process_index}.pt")
-        atomic_write_json(tmp / f"rng-{acc.process_index}.json", rng_meta)
-        acc.wait_for_everyone()
-        if self.main:
+            for index, tensors, meta in states:  # every process's RNG, written by the main one
+                torch.save(tensors, tmp / f"rng-{index}.pt")
+                atomic_write_json(tmp / f"rng-{index}.json", meta)
             save_file(self._trainable_state(), str(tmp / TRAINABLE_FILE))
             blob: dict[str, Any] = {
                 "optimizer": self.optimizer.state_dict(),
@@ -836,18 +843,21 @@ class _Session:
         if save and self.loop_started and self.step > 0:
             checkpoint = self.save_checkpoint()
         message = f"{reason} at step {self.step}/{self.config.steps}"
+        # SIGTERM is how a run is cancelled (jobs.cancel_run); Ctrl-C or a failure to finish
+        # an update leaves it interrupted. Either can be resumed from the checkpoint.
+        status = "cancelled" if self.stop.signal_name == "SIGTERM" else "interrupted"
         if self.main:
             self.store.update_run_if(
                 self.run_id,
                 {"status": "running"},
-                status="interrupted",
+                status=status,
                 error=message + ("; resume with --resume" if checkpoint else ""),
                 finished_at=_now(),
                 heartbeat_at=_now(),
             )
         return {
             "run_id": self.run_id,
-            "status": "interrupted",
+            "status": status,
             "step": self.step,
             "checkpoint": None if checkpoint is None else str(checkpoint),
             "message": message,
@@ -967,16 +977,18 @@ def train(
 ) -> dict[str, Any]:
     """Fine-tune as ``config`` says and record everything in the run store.
 
-    Returns the run's summary with ``run_id``, ``status`` ("completed" or "interrupted" after
-    SIGTERM / Ctrl-C), ``adapter_path`` and the accuracies before and after. ``resume=True``
-    continues run ``run_id`` from its latest checkpoint (``config`` None: the run's own). Errors
+    Returns the run's summary with ``run_id``, ``status`` ("completed"; "cancelled" after
+    SIGTERM, "interrupted" after Ctrl-C, both with a checkpoint), ``adapter_path`` and the
+    accuracies before and after. ``resume=True``
+    continues run ``run_id`` from its latest checkpoint. With ``config`` None the config stored
+    in run ``run_id`` is used (a queued run created by the app, or the one resumed). Errors
     mark the run failed and are raised as :class:`AlphaLoRAError`.
     """
     from alphalora.runs import RunStore
 
     store = store if store is not None else RunStore()
     if config is None:
-        if not (resume and run_id):
+        if not run_id:
             raise AlphaLoRAError("Give a training config (a JSON file or a preset name).")
         config = store.get_run(run_id)["config"]
     cfg = load_config(config)

@@ -82,7 +82,7 @@ def _curves(store: RunStore, run_id: str) -> dict[str, Any]:
     return {
         "train_loss": [float(v) for v in train_rows.train_loss],
         "aux_loss": [float(v) for v in train_rows.aux_loss] if "aux_loss" in train_rows else [],
-        "seconds_per_step": [float(v) for v in train_rows.seconds_per_step],
+        "step_seconds": [float(v) for v in train_rows.seconds_per_step],
         "eval": [
             {"step": int(r.step), "accuracy": float(r.accuracy), "eval_loss": float(r.eval_loss)}
             for r in eval_rows.itertuples()

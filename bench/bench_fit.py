@@ -116,7 +116,9 @@ def rel(a: float, b: float) -> float:
 def compare(
     ours: list[tuple[float, float, float]], ref: list[tuple[float, float, float]]
 ) -> dict[str, float | int]:
-    diffs = np.array([[rel(o, r) for o, r in zip(a, b, strict=True)] for a, b in zip(ours, ref, strict=True)])
+    diffs = np.array(
+        [[rel(o, r) for o, r in zip(a, b, strict=True)] for a, b in zip(ours, ref, strict=True)]
+    )
     return {
         "max_rel_alpha": float(diffs[:, 0].max()),
         "max_rel_xmin": float(diffs[:, 1].max()),
@@ -148,8 +150,10 @@ def main() -> None:
     spectra = eigenvalues_batched([w for _, w in mats], dtype=torch.float64)
     t_eig = time.perf_counter() - t0
     sizes = sorted({len(x) for x in spectra})
-    print(f"{len(mats)} matrices from {GGUF_NAME} (N = {sizes}); dequantise {t_load:.1f} s, "
-          f"eigenvalues (float64 Gram, 1 thread) {t_eig:.1f} s")
+    print(
+        f"{len(mats)} matrices from {GGUF_NAME} (N = {sizes}); dequantise {t_load:.1f} s, "
+        f"eigenvalues (float64 Gram, 1 thread) {t_eig:.1f} s"
+    )
 
     # 1. clauset vs powerlaw 1.5, interleaved per matrix
     t_ref = t_ours = 0.0
@@ -161,24 +165,34 @@ def main() -> None:
         f, dt = timed(fit_clauset, x, args.repeats)
         t_ours += dt
         our_res.append((f.alpha, f.xmin, f.D))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     t = time.perf_counter()
-    many = fit_many(spectra, "clauset", device="cpu")
+    many = fit_many(spectra, "clauset", device="auto", engine="torch")
     t_many = time.perf_counter() - t
-    many_same = sum(m.xmin == o[1] and rel(m.alpha, o[0]) <= 1e-9 for m, o in zip(many, our_res, strict=True))
+    many_same = sum(
+        m.xmin == o[1] and rel(m.alpha, o[0]) <= 1e-9 for m, o in zip(many, our_res, strict=True)
+    )
     clauset = {
         "powerlaw_total_s": t_ref,
         "ours_total_s": t_ours,
         "speedup": t_ref / t_ours,
         **compare(our_res, ref_res),
-        "fit_many_torch_cpu_total_s": t_many,
+        "fit_many_torch_device": device,
+        "fit_many_torch_total_s": t_many,
         "fit_many_same_as_numpy": int(many_same),
     }
     print(f"\n[1] clauset vs powerlaw {powerlaw.__version__} on {len(spectra)} spectra")
-    print(f"    powerlaw.Fit {t_ref:8.2f} s   fit_clauset {t_ours:6.3f} s   ratio {t_ref / t_ours:6.1f}x")
-    print(f"    max rel diff  alpha {clauset['max_rel_alpha']:.1e}  xmin {clauset['max_rel_xmin']:.1e}  "
-          f"D {clauset['max_rel_D']:.1e}   mismatches (>1e-6): {clauset['mismatches_over_1e-6']}")
-    print(f"    fit_many (torch, cpu, brute force) {t_many:.2f} s, same winner as numpy on "
-          f"{many_same}/{len(spectra)}")
+    print(
+        f"    powerlaw.Fit {t_ref:8.2f} s   fit_clauset {t_ours:6.3f} s   ratio {t_ref / t_ours:6.1f}x"
+    )
+    print(
+        f"    max rel diff  alpha {clauset['max_rel_alpha']:.1e}  xmin {clauset['max_rel_xmin']:.1e}  "
+        f"D {clauset['max_rel_D']:.1e}   mismatches (>1e-6): {clauset['mismatches_over_1e-6']}"
+    )
+    print(
+        f"    fit_many (torch engine, {device}, brute force) {t_many:.2f} s, same fit as numpy on "
+        f"{many_same}/{len(spectra)}"
+    )
 
     # 2. hill-peak vectorised vs per-candidate loop
     hill: dict[str, dict[str, float | int]] = {}
@@ -194,12 +208,18 @@ def main() -> None:
             t_vec += dt
             vec_res.append((f.alpha, f.xmin, f.D))
         key = "log10_quirk" if quirk else "corrected_bound"
-        hill[key] = {"loop_total_s": t_loop, "ours_total_s": t_vec, "speedup": t_loop / t_vec,
-                     **compare(vec_res, loop_res)}
+        hill[key] = {
+            "loop_total_s": t_loop,
+            "ours_total_s": t_vec,
+            "speedup": t_loop / t_vec,
+            **compare(vec_res, loop_res),
+        }
         h = hill[key]
-        print(f"    {key:16s} loop {t_loop:6.2f} s   vectorised {t_vec:6.3f} s   ratio "
-              f"{t_loop / t_vec:5.1f}x   max rel diff alpha {h['max_rel_alpha']:.1e} xmin "
-              f"{h['max_rel_xmin']:.1e} D {h['max_rel_D']:.1e}  mismatches {h['mismatches_over_1e-6']}")
+        print(
+            f"    {key:16s} loop {t_loop:6.2f} s   vectorised {t_vec:6.3f} s   ratio "
+            f"{t_loop / t_vec:5.1f}x   max rel diff alpha {h['max_rel_alpha']:.1e} xmin "
+            f"{h['max_rel_xmin']:.1e} D {h['max_rel_D']:.1e}  mismatches {h['mismatches_over_1e-6']}"
+        )
 
     alphas = np.array([o[0] for o in our_res])
     result = {

@@ -11,7 +11,7 @@ from alphalora.fits import fit_power_law
 from alphalora.plots import alpha_heatmap, esd_figure, kind_columns, layer_alpha_figure
 from alphalora.presets import paper_preset
 
-ui.page_setup("Spectra", "📊")
+ui.page_setup("Spectra", ":material/ssid_chart:")
 st.title("Spectra")
 st.caption(
     "Eigenvalues λ of WᵀW for every block matrix (squared singular values, no 1/N factor — "

@@ -22,7 +22,7 @@ from alphalora.app_state import (
 from alphalora.errors import AlphaLoRAError
 from alphalora.plots import allocation_figure
 
-ui.page_setup("Allocation", "🧮")
+ui.page_setup("Allocation", ":material/tune:")
 st.title("Allocation")
 st.caption(
     "n_i = T · α_i^β / Σ_j α_j^β  (= T · softmax(β · ln α)_i): layers with a larger α — less "

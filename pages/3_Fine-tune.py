@@ -18,7 +18,7 @@ from alphalora.plots import metric_curves_figure, router_load_figure
 from alphalora.runs import ACTIVE_STATUSES, RunStore
 from alphalora.train_config import DEVICES, load_config
 
-ui.page_setup("Fine-tune", "🚀")
+ui.page_setup("Fine-tune", ":material/rocket_launch:")
 st.title("Fine-tune")
 st.caption(
     "Each run is a separate background process (`python -m alphalora train`) writing to the "
@@ -79,13 +79,14 @@ if task_mode.startswith("Upload"):
             st.error(f"{up.name}: {exc}")
         else:
             task_spec = path
-            st.success(f"{up.name}: {summary.get('train')} training and {summary.get('eval')} "
-                       f"held-out examples, scored by {summary.get('scoring')}.")  # fmt: skip
+            st.success(f"{up.name}: {summary['n_train']} training and {summary['n_eval']} "
+                       f"held-out examples, scored by {summary['scoring']}.")  # fmt: skip
 else:
     try:
         summary = _task_summary(ROTTEN_TOMATOES, "shipped")
-        st.caption(f"Rotten Tomatoes sentences: {summary.get('train')} for training, "
-                   f"{summary.get('eval')} held out; scored by {summary.get('scoring')}.")  # fmt: skip
+        st.caption(f"Rotten Tomatoes sentences: {summary['n_train']} for training, "
+                   f"{summary['n_eval']} held out; scored by {summary['scoring']}. Source: "
+                   f"{summary['source']} ({summary['licence']}).")  # fmt: skip
     except AlphaLoRAError as exc:
         st.error(str(exc))
         task_spec = None
@@ -189,7 +190,13 @@ except AlphaLoRAError as exc:
     st.stop()
 known = [r for r in st.session_state[ui.RUNS_KEY] if store.exists(r)]
 choices = list(dict.fromkeys(known + active_ids))
-watch = st.multiselect("Runs to watch", choices, default=choices[:4], key="ft_watch")
+previous = st.session_state.get("ft_watch_options", [])
+if previous != choices:  # new runs appear selected; vanished ones are dropped
+    fresh = [r for r in choices if r not in previous]
+    kept = [r for r in st.session_state.get("ft_watch", []) if r in choices]
+    st.session_state["ft_watch"] = list(dict.fromkeys(fresh + kept))[:4]
+    st.session_state["ft_watch_options"] = choices
+watch = st.multiselect("Runs to watch", choices, key="ft_watch")
 
 
 def _render(run_ids: list[str]) -> bool:
@@ -219,7 +226,9 @@ def _render(run_ids: list[str]) -> bool:
             st.error(f"Run {rid} ({status}): {run['error']}")
         summary = run.get("summary") or {}
         if summary.get("accuracy_after") is not None:
-            st.caption(f"accuracy {summary.get('accuracy_before')} → {summary['accuracy_after']:.3f}"
+            before = summary.get("accuracy_before")
+            st.caption(f"accuracy {'—' if before is None else f'{before:.3f}'} → "
+                       f"{summary['accuracy_after']:.3f}"
                        f" · adapter: {run.get('adapter_path')}")  # fmt: skip
         with st.expander(f"Log of {rid}"):
             st.code(jobs.tail_log(rid, 40) or "(no output yet)", language=None)

@@ -13,7 +13,7 @@ from alphalora.errors import AlphaLoRAError
 from alphalora.plots import metric_curves_figure, run_comparison_figure
 from alphalora.runs import ACTIVE_STATUSES, STATUSES, RunStore
 
-ui.page_setup("Runs", "🗂️")
+ui.page_setup("Runs", ":material/history:")
 st.title("Runs")
 
 store = RunStore()
@@ -50,9 +50,7 @@ if st.session_state.get("runs_options") != options:  # filter changed: keep what
     st.session_state["runs_options"] = options
     kept = [r for r in st.session_state.get("runs_selected", []) if r in options]
     st.session_state["runs_selected"] = kept or (finished or options)[:3]
-selected = st.multiselect(
-    "Runs to compare", options, format_func=labels.get, key="runs_selected"
-)
+selected = st.multiselect("Runs to compare", options, format_func=labels.get, key="runs_selected")
 if not selected:
     st.stop()
 

@@ -23,7 +23,7 @@ from alphalora.fits import fit_power_law
 from alphalora.plots import allocation_figure, esd_figure, ks_scan_figure, line_figure
 from alphalora.presets import LLAMA2_7B_LAYER_ALPHAS
 
-ui.page_setup("Learn", "🎓")
+ui.page_setup("Learn", ":material/school:")
 st.title("Learn")
 st.caption(
     "Small live experiments (matrices up to 512 × 512) behind AlphaLoRA. Eigenvalues are those "

@@ -125,13 +125,25 @@ def test_allocation_page_renders_its_chart_in_chromium(app_server, browser, tmp_
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, log = app_server
-    browser.get(f"{base}/Allocation")
     wait = WebDriverWait(browser, 180)
+    browser.get(base)  # the home page first, then the sidebar link, as a user would
+    wait.until(ec.presence_of_element_located((By.XPATH, "//h1[contains(., 'AlphaLoRA Studio')]")))
+    link = wait.until(
+        ec.element_to_be_clickable(
+            (By.XPATH, "//*[@data-testid='stSidebarNav']//a[contains(., 'Allocation')]")
+        )
+    )
+    link.click()
+    wait.until(lambda d: d.current_url.rstrip("/").endswith("/Allocation"))
     chart = wait.until(
-        ec.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stPlotlyChart'] .js-plotly-plot"))
+        ec.presence_of_element_located(
+            (By.CSS_SELECTOR, "[data-testid='stPlotlyChart'] .js-plotly-plot")
+        )
     )
     # The bars are drawn once plotly has laid the figure out (one path per layer).
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .barlayer path")) >= 30)
+    wait.until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .barlayer path")) >= 30
+    )
     title = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .gtitle").text
     assert title.startswith("Experts per layer")
     assert chart.is_displayed()

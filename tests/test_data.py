@@ -12,6 +12,16 @@ from alphalora import data
 from alphalora.data import IGNORE_INDEX, Example
 from alphalora.errors import AlphaLoRAError
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and the machine's cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- shipped task
 
 
@@ -31,6 +41,9 @@ def test_rotten_tomatoes_is_the_balanced_8530_sentences_with_a_fixed_split():
     again = data.rotten_tomatoes()
     assert again.eval == task.eval  # deterministic held-out set
     assert not {ex.prompt for ex in task.eval} & {ex.prompt for ex in task.train[:2000]}
+    free = data.load_task("rotten-tomatoes", scoring="generate")
+    assert free.scoring == "generate" and free.eval[0].choices is None
+    assert free.eval[0].answer == task.eval[0].answer
 
 
 # --------------------------------------------------------------------------- user files
@@ -44,6 +57,16 @@ def test_jsonl_prompt_answer_with_few_labels_is_scored_by_choice(tmp_path):
     assert len(task.eval) == 10 and len(task.train) == 40  # 20 % held out
     assert all(ex.answer in task.choices for ex in task.train)
     assert data.load_task(path).eval == task.eval  # seeded split
+
+
+def test_a_json_list_file_is_read_like_jsonl(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(toy_reviews(10), indent=1), encoding="utf-8")
+    task = data.load_task(path)
+    assert len(task.train) + len(task.eval) == 10 and task.scoring == "choice"
+    path.write_text(json.dumps([{"prompt": "a", "answer": "b"}, 3]), encoding="utf-8")
+    with pytest.raises(AlphaLoRAError, match="item 2 is a JSON int"):
+        data.load_task(path)
 
 
 def test_free_form_answers_are_scored_by_generation(tmp_path):

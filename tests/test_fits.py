@@ -90,6 +90,55 @@ def test_clauset_pruning_is_exact(name):
     assert fit_clauset(x) == fit_clauset(x, prune=False)
 
 
+@pytest.mark.parametrize("clauset", [True, False])
+def test_lower_bound_never_exceeds_exact_d(clauset):
+    from alphalora import fits
+
+    for name in ("t25_200x150", "ties_rounded", "pareto_1500", "gauss_300x300"):
+        x = np.sort(DATA[name][DATA[name] > 0])
+        ev = fits._first_occurrences(x) if clauset else None
+        total = x.size if ev is None else ev.size
+        cpos = np.arange(total - 1)
+        alpha = fits._alphas(x)[cpos if ev is None else ev[cpos]]
+        prob = fits._Problem(x, ev, clauset)
+        with np.errstate(all="ignore"):
+            exact, where = prob.exact(cpos, alpha)
+            bound = prob.lower_bound(cpos, alpha)
+            hot = np.maximum(where[::7][:, None] - cpos[None, :], 0)
+            sharp = prob.terms_max(cpos, alpha, hot)[0]
+        assert np.all(bound <= exact) and np.all(sharp <= exact)
+        assert np.all(where >= cpos)  # a maximum lies in its own tail
+
+
+class _FakeProblem:
+    """Prescribed D values, to check the pruned scan's bookkeeping and tie rule."""
+
+    clauset = True
+
+    def __init__(self, d: np.ndarray, shrink: np.ndarray) -> None:
+        self.d, self.shrink, self.total = d, shrink, 10_000  # large: forces the pruned path
+
+    def exact(self, cpos, alpha):
+        return self.d[cpos], cpos
+
+    def lower_bound(self, cpos, alpha):  # valid bounds whose order scrambles tied candidates
+        return self.d[cpos] * self.shrink[cpos]
+
+    def terms_max(self, cpos, alpha, offs, where=False):
+        return self.d[cpos] * 0.9, None
+
+
+def test_pruned_scan_keeps_the_first_of_tied_minima():
+    from alphalora import fits
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        d = rng.choice([0.2, 0.25, 0.3, 0.5, 0.9], size=200)
+        prob = _FakeProblem(d, rng.uniform(0.3, 1.0, d.size))
+        got, best_d = fits._best(prob, np.arange(d.size), np.full(d.size, 2.0), True)
+        assert best_d == d.min() and got == int(np.argmin(d))  # argmin: the first minimum
+
+
 def test_clauset_negative_values_are_dropped_like_zeros():
     x = DATA["pareto_300"]
     with_neg = np.r_[-2.0, -1e-9, x]
@@ -110,7 +159,9 @@ def test_powerlaw_mode_is_the_package():
 # --------------------------------------------------------------------- hill-peak reference
 
 
-def _hill_loop(eigs, bins: int = 100, quirk: bool = False) -> tuple[float, float, float, float, int]:
+def _hill_loop(
+    eigs, bins: int = 100, quirk: bool = False
+) -> tuple[float, float, float, float, int]:
     """METHOD §3 mode 1 transcribed literally: one candidate at a time, no vectorisation.
 
     Returns (alpha, xmin, D, peak, n_tail); with ties n_tail = N − i counts from the candidate's
@@ -271,21 +322,33 @@ def test_fit_is_frozen():
 
 
 @pytest.mark.parametrize("quirk", [False, True])
-def test_fit_many_cpu_equals_numpy(quirk):
+def test_fit_many_torch_on_cpu_equals_numpy(quirk):
+    """The brute-force torch scan (the GPU engine), run on the CPU, picks the same fits."""
     names = ["gauss_40x30", "t2_100x50", "ties_rounded", "ties_top", "zeros_rank_def"]
     spectra = [DATA[n] for n in names] + [DATA["t2_100x50"] * 3.0, EDGE_CASES["one"]]
     for mode in ("clauset", "hill-peak"):
-        many = fit_many(spectra, mode=mode, device="cpu", log10_quirk=quirk)
         kw = {"log10_quirk": quirk} if mode == "hill-peak" else {}
         single = [fit_power_law(x, mode=mode, **kw) for x in spectra]
-        assert len(many) == len(single)
-        for a, b in zip(many, single, strict=True):
-            if b.ok:
-                assert a.xmin == b.xmin and a.n_tail == b.n_tail
-                assert a.alpha == pytest.approx(b.alpha, rel=1e-9)
-                assert a.D == pytest.approx(b.D, rel=1e-9)
-            else:
-                assert not a.ok and a.reason
+        for engine in ("torch", "numpy", "auto"):
+            many = fit_many(spectra, mode=mode, device="cpu", log10_quirk=quirk, engine=engine)
+            assert len(many) == len(single)
+            for a, b in zip(many, single, strict=True):
+                if b.ok:
+                    assert a.xmin == b.xmin and a.n_tail == b.n_tail and a.peak == b.peak
+                    assert a.alpha == pytest.approx(b.alpha, rel=1e-12)
+                    assert a.D == pytest.approx(b.D, rel=1e-12)
+                else:
+                    assert not a.ok and a.reason == b.reason
+
+
+def test_fit_many_options():
+    assert fit_many([], mode="clauset", device="cpu") == []
+    ref = fit_many([DATA["pareto_15"]], mode="powerlaw")[0]
+    assert ref.mode == "powerlaw" and ref.ok
+    with pytest.raises(AlphaLoRAError, match="engine"):
+        fit_many([DATA["pareto_15"]], engine="jax")
+    with pytest.raises(AlphaLoRAError, match="valid modes"):
+        fit_many([DATA["pareto_15"]], mode="ww")
 
 
 @pytest.mark.gpu
@@ -295,6 +358,6 @@ def test_fit_many_cuda_equals_numpy():
         many = fit_many(spectra, mode=mode, device="cuda")
         for a, x in zip(many, spectra, strict=True):
             b = fit_power_law(x, mode=mode)
-            assert a.xmin == b.xmin
+            assert a.xmin == b.xmin and a.n_tail == b.n_tail
             assert a.alpha == pytest.approx(b.alpha, rel=1e-9)
             assert a.D == pytest.approx(b.D, rel=1e-9)

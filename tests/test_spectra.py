@@ -114,6 +114,8 @@ def test_bad_inputs_raise_alphalora_error():
         eigenvalues(np.ones((3, 3)), method="qr")
     with pytest.raises(AlphaLoRAError, match="dtype"):
         eigenvalues(np.ones((3, 3)), dtype=torch.float16)
+    with pytest.raises(AlphaLoRAError, match="dtype object"):
+        eigenvalues(np.array([[1, "a"], [2, 3]], dtype=object))
 
 
 def test_resolve_device():

@@ -17,7 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "logging every step to the run store. SIGTERM or Ctrl-C stops after the current step "
         "with a checkpoint; continue with --resume --run-id ID.",
     )
-    p.add_argument("config", nargs="?", help="JSON config path or preset name (e.g. demo-cpu)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="JSON config path or preset name (e.g. demo-cpu); omit with --run-id to use the "
+        "config stored in that run",
+    )
     p.add_argument("--run-id", help="use this existing run (queued, or the one to resume)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--steps", type=int, help="override the number of optimizer steps")
@@ -44,10 +49,10 @@ def _config(args: argparse.Namespace):
         if value is not None
     }
     if args.config is None:
-        if not (args.resume and args.run_id):
+        if not args.run_id:
             raise AlphaLoRAError(
-                "Give a CONFIG (a JSON file or a preset name such as demo-cpu), or --resume "
-                "--run-id ID to continue a run with its own config."
+                "Give a CONFIG (a JSON file or a preset name such as demo-cpu), or --run-id ID "
+                "to start a queued run (or --resume one) with the config stored in the run."
             )
         from alphalora.runs import RunStore
 
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 f"checkpoint {result['checkpoint']}; continue with: python -m alphalora train "
                 f"--resume --run-id {result['run_id']}"
             )
-        return 130
+        return 143 if result["status"] == "cancelled" else 130
     print(f"accuracy before: {_fmt(result.get('accuracy_before'))}")
     print(f"accuracy after:  {_fmt(result.get('accuracy_after'))}")
     print(
