@@ -118,26 +118,28 @@ def home() -> None:
         ui.plot(
             layer_alpha_figure(layers, title="Published layer α of Llama-2-7B"), key="home_alpha"
         )
+        ui.csv_download("Layer alphas (CSV)", layers, "llama2-7b-layer-alphas.csv", "home_csv")
     else:
         result = ui.get_analysis(committed)
         if result is not None:
             s = result.summary()
-            cols = st.columns(6)
-            cols[0].metric("Model", str(s["model"])[:28])
-            cols[1].metric("Layers", s["layers"])
-            cols[2].metric("Matrices", s["matrices"])
+            st.markdown(f"**{s['model']}** · {s.get('family')} · `{committed.ref}`")
+            cols = st.columns(5)
+            cols[0].metric("Layers", s["layers"])
+            cols[1].metric("Matrices", s["matrices"])
             params = s.get("parameters")
-            cols[3].metric("Parameters", f"{params / 1e6:,.1f} M" if params else "—")
-            cols[4].metric("Mean α", f"{s['alpha_mean']:.2f}")
-            cols[5].metric("Flagged fits", s["flagged"])
+            cols[2].metric("Parameters", f"{params / 1e6:,.1f} M" if params else "—")
+            cols[3].metric("Mean α", f"{s['alpha_mean']:.2f}")
+            cols[4].metric("Flagged fits", s["flagged"])
             how = (
                 "loaded from the cache" if s["from_cache"] else f"computed in {s['seconds']:.1f} s"
             )
             st.caption(
                 f"Fit `{s['fit']}` on `{s['device']}`, {how}. Eigenvalues are those of WᵀW "
-                "(no 1/N). Family: " + str(s.get("family"))
+                "(no 1/N). Details per matrix on the Spectra page."
             )
             ui.plot(layer_alpha_figure(result.layers, show_kinds=False), key="home_alpha")
+            ui.csv_download("Layer table (CSV)", result.layers, "layers.csv", "home_csv")
 
     st.subheader("3 · What each page is for")
     for page, text in zip(PAGES[1:], PAGE_TEXT, strict=True):

@@ -29,7 +29,7 @@ import torch
 
 from alphalora import __version__
 from alphalora.errors import AlphaLoRAError
-from alphalora.fits import PowerLawFit, fit_power_law
+from alphalora.fits import PowerLawFit, fit_many, fit_power_law
 from alphalora.metrics import check_matrix, reliability_warning, spectrum_metrics
 from alphalora.paths import atomic_write_json, subdir
 from alphalora.sources import MatrixInfo, ModelSource, open_source
@@ -121,16 +121,25 @@ class AnalysisResult:
         }
 
 
-def _fit(eigs: np.ndarray, opts: AnalysisOptions) -> PowerLawFit:
-    if opts.fit == "hill-peak":
-        return fit_power_law(eigs, "hill-peak", log10_quirk=opts.log10_quirk)
-    return fit_power_law(eigs, opts.fit)
+def _fits(
+    spectra: list[np.ndarray], opts: AnalysisOptions, device: torch.device
+) -> list[PowerLawFit]:
+    """Fit every spectrum in one call, so that equal-length spectra are fitted batched."""
+    if not spectra:
+        return []
+    kw = {"log10_quirk": opts.log10_quirk} if opts.fit == "hill-peak" else {}
+    return fit_many(spectra, opts.fit, device=str(device), **kw)
 
 
 def matrix_row(
-    info: MatrixInfo, eigs: np.ndarray | None, opts: AnalysisOptions, problem: str | None
+    info: MatrixInfo,
+    eigs: np.ndarray | None,
+    opts: AnalysisOptions,
+    problem: str | None,
+    fit: PowerLawFit | None = None,
 ) -> dict[str, Any]:
-    """One row of the per-matrix table from a matrix's eigenvalues (or the reason it has none)."""
+    """One row of the per-matrix table from a matrix's eigenvalues and fit (fitted here when
+    not given), or from the reason it has none."""
     rows, cols = info.shape
     base: dict[str, Any] = {
         "name": info.name,
@@ -144,7 +153,9 @@ def matrix_row(
         nan_metrics["n_tail"] = 0
         nan_metrics["n_eigs"] = 0 if eigs is None else int(eigs.size)
         return {**base, **nan_metrics, "reliable": False, "warning": problem or "no spectrum"}
-    fit = _fit(eigs, opts)
+    if fit is None:
+        kw = {"log10_quirk": opts.log10_quirk} if opts.fit == "hill-peak" else {}
+        fit = fit_power_law(eigs, opts.fit, **kw)
     scale = 1.0 / max(rows, cols) if opts.esd_scale == "N" else 1.0
     metrics = spectrum_metrics(eigs, fit, scale=scale)
     warning = reliability_warning(fit, int(eigs.size))
@@ -380,12 +391,17 @@ def analyze(
             "Check that the path points at a model checkpoint."
         )
     start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    spectra = list(_spectra(source, infos, opts, device, progress))
+    fitted = iter(_fits([e for _, e, _ in spectra if e is not None], opts, device))
+    rows = [
+        matrix_row(info, eigs, opts, problem, next(fitted) if eigs is not None else None)
+        for info, eigs, problem in spectra
+    ]
     eigs_by_name: dict[str, np.ndarray] = {}
-    for info, eigs, problem in _spectra(source, infos, opts, device, progress):
-        rows.append(matrix_row(info, eigs, opts, problem))
-        if keep_eigenvalues and eigs is not None:
-            eigs_by_name[info.name] = eigs.astype(np.float32) if eigs.size > 4096 else eigs
+    if keep_eigenvalues:
+        for info, eigs, _ in spectra:
+            if eigs is not None:
+                eigs_by_name[info.name] = eigs.astype(np.float32) if eigs.size > 4096 else eigs
     matrices = pd.DataFrame(rows, columns=MATRIX_COLUMNS)
     matrices["layer"] = matrices["layer"].astype("Int64")
     result = AnalysisResult(

@@ -132,11 +132,11 @@ def module_shapes_from_matrices(matrices: pd.DataFrame) -> dict[str, tuple[int, 
     block = matrices[matrices["layer"].notna()]
     if block.empty:
         raise AlphaLoRAError("The analysis has no transformer-block matrices to size adapters on.")
-    shapes: dict[str, tuple[int, int]] = {}
-    for _, row in block.sort_values("layer", kind="stable").iterrows():
-        kind = str(row["kind"])
-        if kind not in shapes:
-            shapes[kind] = (int(row["cols"]), int(row["rows"]))
+    first = block.sort_values("layer", kind="stable").drop_duplicates("kind")
+    shapes = {
+        str(k): (int(c), int(r))
+        for k, r, c in zip(first["kind"], first["rows"], first["cols"], strict=True)
+    }
     order = {k: i for i, k in enumerate(LLAMA_TARGETS)}
     return dict(sorted(shapes.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 

@@ -32,6 +32,7 @@ COLOURS = (
     "#6C3FC5", "#E4572E", "#17BEBB", "#FFC914", "#2E86AB", "#76B041", "#B5179E", "#8D6A9F",
     "#F18F01", "#3A3A3A",
 )  # fmt: skip
+_GRID = "#E6E6EC"
 _SYMBOLS = ("circle", "square", "diamond", "cross", "x", "triangle-up", "triangle-down", "star")
 
 
@@ -50,7 +51,10 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, **extra: Any
             "yref": "container",
             "yanchor": "top",
         },
-        template="plotly_white",
+        # plotly_white's look without its template (assigning a named template deep-copies it:
+        # ~15 ms per figure, most of a slider redraw). The app's theme restyles it anyway.
+        paper_bgcolor="white",
+        plot_bgcolor="white",
         hovermode="closest",
         margin={"l": 70, "r": 30, "t": 110, "b": 60},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
@@ -58,7 +62,16 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, **extra: Any
     )
     fig.layout.xaxis.title.text = x_title  # the primary axes only (a y2 keeps its own title)
     fig.layout.yaxis.title.text = y_title
+    fig.update_xaxes(showgrid=True, gridcolor=_GRID, zeroline=False, linecolor=_GRID)
+    fig.update_yaxes(showgrid=True, gridcolor=_GRID, zeroline=False, linecolor=_GRID)
     return fig
+
+
+def _layer_dtick(n: int) -> int | None:
+    """Layer tick spacing that keeps the labels readable in a half-width chart."""
+    if n <= 16:
+        return 1
+    return 2 if n <= 40 else None
 
 
 def empty_figure(message: str, x_title: str = "", y_title: str = "", title: str = "") -> go.Figure:
@@ -120,21 +133,37 @@ def layer_alpha_figure(
             x0=highlight_layer - 0.5, x1=highlight_layer + 0.5, fillcolor="#FFC914", opacity=0.25,
             line_width=0, layer="below",
         )  # fmt: skip
-    fig.update_xaxes(dtick=1 if len(x) <= 40 else None)
+    fig.update_xaxes(dtick=_layer_dtick(len(x)), range=[-0.6, len(x) - 0.4] if len(x) else None)
     return _layout(fig, title, LAYER_AXIS_TITLE, ALPHA_AXIS_TITLE, clickmode="event+select")
 
 
 def alpha_heatmap(layers: pd.DataFrame, *, title: str = "α per layer and module kind") -> go.Figure:
-    """Heat map of α with layers on x and module kinds on y (hover shows each value)."""
+    """Heat map of α with layers on x and module kinds on y (hover shows each value).
+
+    A transparent marker sits on every cell: plotly heat maps emit no click selection, markers
+    do, so a click on a cell selects its (layer, kind) in apps that listen for selections.
+    """
     cols = kind_columns(layers)
     if not cols:
         return empty_figure("No per-kind α in this table.", LAYER_AXIS_TITLE, "module kind", title)
     z = np.vstack([_finite(layers[c]) for c in cols])
+    x = _finite(layers["layer"]).astype(int)
+    kinds = [c[len("alpha_") :] for c in cols]
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=_finite(layers["layer"]).astype(int), y=[c[len("alpha_"):] for c in cols],
-            colorscale="Viridis", colorbar={"title": {"text": "α"}},
-            hovertemplate="layer %{x}<br>%{y}<br>α = %{z:.3f}<extra></extra>",
+            z=z, x=x, y=kinds, colorscale="Viridis", colorbar={"title": {"text": "α"}},
+            hoverinfo="skip", name="α",
+        )
+    )  # fmt: skip
+    gx, gy = np.meshgrid(x, np.arange(len(kinds)))
+    fig.add_trace(
+        go.Scatter(
+            x=gx.ravel(), y=[kinds[i] for i in gy.ravel()], customdata=z.ravel(), mode="markers",
+            name="cells", showlegend=False,
+            marker={"symbol": "square", "size": 14, "color": "rgba(0,0,0,0.01)"},
+            selected={"marker": {"color": "rgba(255,255,255,0.6)"}},
+            unselected={"marker": {"opacity": 0.01}},
+            hovertemplate="layer %{x}<br>%{y}<br>α = %{customdata:.3f}<extra></extra>",
         )
     )  # fmt: skip
     return _layout(fig, title, LAYER_AXIS_TITLE, "module kind", clickmode="event+select")
@@ -266,8 +295,9 @@ def esd_figure(
                 hovertemplate="λ = %{x:.4g}<br>MP density = %{y:.3g}<extra></extra>",
             )
         )  # fmt: skip
-    fig.update_xaxes(type="log")
-    fig.update_yaxes(type="log", range=[math.log10(y_lo), math.log10(y_hi)])
+    fig.update_xaxes(type="log", exponentformat="power")
+    fig.update_yaxes(type="log", exponentformat="power", dtick=1,
+                     range=[math.log10(y_lo), math.log10(y_hi)])  # fmt: skip
     return _layout(fig, title, EIGEN_AXIS_TITLE, DENSITY_AXIS_TITLE)
 
 
@@ -276,7 +306,7 @@ def ks_scan_figure(
     *,
     chosen_xmin: float | None = None,
     selected_xmin: float | None = None,
-    title: str = "How xmin is chosen: KS distance D and α for every candidate",
+    title: str = "KS distance D and α for each candidate xmin",
 ) -> go.Figure:
     """D (left axis) and α (right axis) against the candidate xmin; the minimum D wins."""
     fig = go.Figure()
@@ -311,7 +341,7 @@ def ks_scan_figure(
                                f"<br>α = {row['alpha']:.3f}<extra></extra>"),
             )
         )  # fmt: skip
-    fig.update_xaxes(type="log")
+    fig.update_xaxes(type="log", exponentformat="power")
     fig.update_layout(
         yaxis2={"title": {"text": "α (dimensionless)"}, "overlaying": "y", "side": "right",
                 "showgrid": False},
@@ -349,7 +379,7 @@ def line_figure(
                 _vertical(float(marker_x), lo, hi, f"current = {marker_x:.3g}", "#888", "dash")
             )
     if log_x:
-        fig.update_xaxes(type="log")
+        fig.update_xaxes(type="log", exponentformat="power")
     return _layout(fig, title, x_title, y_title)
 
 
@@ -398,7 +428,7 @@ def allocation_figure(
                     "side": "right", "showgrid": False},
         )  # fmt: skip
     fig.update_layout(bargap=0.15)
-    fig.update_xaxes(dtick=1 if n <= 40 else None, range=[-0.6, n - 0.4])
+    fig.update_xaxes(dtick=_layer_dtick(n), range=[-0.6, n - 0.4])
     fig.update_yaxes(rangemode="tozero")
     return _layout(fig, title, LAYER_AXIS_TITLE, EXPERTS_AXIS_TITLE)
 
@@ -445,7 +475,7 @@ def metric_curves_figure(
                 )
             )  # fmt: skip
     if log_y:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(type="log", exponentformat="power")
     return _layout(fig, title, STEP_AXIS_TITLE, y_title)
 
 
@@ -492,7 +522,7 @@ def router_load_figure(
 
 
 def run_comparison_figure(
-    table: pd.DataFrame, *, title: str = "Held-out accuracy before and after fine-tuning"
+    table: pd.DataFrame, *, title: str = "Held-out accuracy: before → after"
 ) -> go.Figure:
     """Grouped bars of accuracy before/after per run (``label``, ``accuracy_before``,
     ``accuracy_after`` columns)."""

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -310,7 +311,7 @@ def _check_writable(folder: Path) -> None:
 def _make_accelerator(config: TrainConfig) -> tuple[Any, str]:
     import torch
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
 
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
@@ -323,12 +324,19 @@ def _make_accelerator(config: TrainConfig) -> tuple[Any, str]:
     if precision == "fp16" and use_cpu:
         raise AlphaLoRAError("precision fp16 needs a GPU; use fp32 or bf16 on CPU.")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") not in (None, mixed):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    # accelerate keeps one state per process; a second run in the same process (tests, the
+    # benchmark) with another precision or device needs it reset first.
+    shared = getattr(AcceleratorState, "_shared_state", None) or {}
+    device = (getattr(PartialState, "_shared_state", None) or {}).get("device")
+    other_precision = shared.get("_mixed_precision") not in (None, mixed)
+    other_device = device is not None and (getattr(device, "type", "cpu") == "cpu") != use_cpu
+    if other_precision or other_device:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not hasattr(
+            AcceleratorState, "_reset_state"
+        ):
             raise AlphaLoRAError(
-                "accelerate is already set up with another precision in this process; "
-                "start a fresh process for this run."
+                "accelerate is already set up with another precision or device in this "
+                "process; start a fresh process for this run."
             )
         AcceleratorState._reset_state(reset_partial_state=True)
     try:
@@ -899,8 +907,8 @@ class _Session:
         final = self.evaluate(self.step)
         adapter = self.folder / ADAPTER_DIR
         seconds = self.elapsed_before + (time.perf_counter() - self.started)
-        timed = self.step_seconds[1:] or self.step_seconds
-        per_step = sum(timed) / len(timed) if timed else None
+        timed = self.step_seconds[1:] or self.step_seconds  # step 1 includes warm-up
+        per_step = statistics.median(timed) if timed else None  # robust to a busy machine
         summary = {
             "accuracy_before": self.accuracy_before,
             "accuracy_after": final["accuracy"],

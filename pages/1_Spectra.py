@@ -71,7 +71,11 @@ def _take_point(chart_key: str, with_kind: bool) -> None:
 left, right = st.columns(2)
 with left:
     ui.plot(
-        layer_alpha_figure(layers_df, highlight_layer=st.session_state["spectra_layer"]),
+        layer_alpha_figure(
+            layers_df,
+            highlight_layer=st.session_state["spectra_layer"],
+            title="α per layer (mean over the block)",
+        ),  # fmt: skip
         key="spectra_layer_chart",
         on_select=lambda: _take_point("spectra_layer_chart", False),
         selection_mode="points",

@@ -49,6 +49,11 @@ def test_alpha_heatmap_is_layer_by_kind():
     assert np.asarray(heat.z).shape == (3, 5)
     assert list(heat.y) == ["q_proj", "v_proj", "down_proj"]
     assert _axis_titles(fig) == (plots.LAYER_AXIS_TITLE, "module kind")
+    cells = fig.data[1]  # clickable overlay: one marker per (layer, kind) cell, carrying α
+    assert len(cells.x) == 15 and cells.y[5] == "v_proj" and cells.x[5] == 0
+    assert cells.customdata[5] == pytest.approx(np.asarray(heat.z)[1, 0])
+    assert "α = %{customdata" in cells.hovertemplate
+    assert fig.layout.clickmode == "event+select"
     empty = plots.alpha_heatmap(pd.DataFrame({"layer": [0], "alpha_mean": [2.0]}))
     assert len(empty.data) == 0 and empty.layout.annotations
 

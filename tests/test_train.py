@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -239,6 +240,14 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny):
     b = frame[frame.run_id == checkpointed["run_id"]].train_loss.to_numpy()
     assert len(a) == 2 and b == pytest.approx(a, abs=1e-6)
     assert checkpointed["eval_loss_after"] == pytest.approx(plain["eval_loss_after"], abs=1e-5)
+
+
+def test_bf16_precision_on_cpu_then_fp32_again_in_one_process(tiny):
+    half = train(_config(tiny, steps=1, precision="bf16", eval_before=False))
+    assert half["status"] == "completed" and half["precision"] == "bf16"
+    assert math.isfinite(half["eval_loss_after"])
+    full = train(_config(tiny, steps=1, eval_before=False))
+    assert full["precision"] == "fp32"
 
 
 def test_plain_lora_baseline_runs(tiny):

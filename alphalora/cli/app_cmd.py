@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,8 @@ def build_command(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start Streamlit in the project folder (so .streamlit/config.toml applies) and wait."""
+    """Start Streamlit in the project folder (so .streamlit/config.toml applies); on POSIX the
+    process is replaced by the server, elsewhere it waits for it."""
     argv = build_command(
         port=args.port, address=args.address, headless=args.headless, extra=args.streamlit_args
     )
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             f"Streamlit is not installed for {sys.executable}. Run `make app` (it installs the "
             "runtime requirements) or `pip install -r requirements.txt`."
         )
+    if os.name == "posix":  # become the server: signals (Ctrl-C, SIGTERM) reach it directly
+        os.chdir(APP_FILE.parent)
+        os.execv(argv[0], argv)
     try:
         return subprocess.call(argv, cwd=APP_FILE.parent)
     except KeyboardInterrupt:
