@@ -460,7 +460,7 @@ _PAIR_BLOCK = 1 << 16  # KS terms per work block: 512 KB temporaries stay in cac
 _ROW_BLOCK = 1 << 15  # values per stack of spectra handled at once (B·N)
 _FIRST_EXACT_BATCH = 4  # candidates per row scored exactly in the first round, then ×_GROW
 _GROW = 2  # growth of the candidates scored per row and round
-_AUTO_MIN_BATCH = 2  # engine="auto": smaller groups of equal length are fitted one by one
+_AUTO_MIN_BATCH = 5  # engine="auto": smaller groups of equal length are fitted one by one
 
 
 def _ks_terms(r: np.ndarray, xmin: np.ndarray, expo: np.ndarray, emp: np.ndarray) -> np.ndarray:

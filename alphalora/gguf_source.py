@@ -26,19 +26,76 @@ _INTEGER_TYPES = frozenset({"I8", "I16", "I32", "I64"})
 _MAX_ARRAY_IN_CONFIG = 64
 
 
+#: Attributes filled by parsing the file's metadata, which takes seconds for a model with a
+#: large tokenizer vocabulary: deferred until first used, so a cached analysis never pays it.
+_PARSED = frozenset(
+    {
+        "family",
+        "n_layers",
+        "config",
+        "_infos",
+        "_tensors",
+        "display_name",
+        "_parameter_count",
+        "_reader",
+    }
+)
+
+
+def _check_header(path: Path) -> None:
+    """Cheap validity check of the fixed GGUF header (magic, version, counts)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError as exc:
+        raise AlphaLoRAError(f"Cannot read {path}: {exc.strerror}.") from exc
+    version = int.from_bytes(head[4:8], "little") if len(head) >= 8 else 0
+    if len(head) < 24 or head[:4] != b"GGUF" or version not in (1, 2, 3):
+        raise AlphaLoRAError(
+            f"{path} is not a readable GGUF file (bad header: magic {head[:4]!r}, version "
+            f"{version}). It is probably corrupt or truncated: download or export it again."
+        )
+
+
 class GGUFSource(ModelSource):
-    """A ``.gguf`` file read through ``gguf.GGUFReader`` (memory-mapped, headers parsed once)."""
+    """A ``.gguf`` file read through ``gguf.GGUFReader`` (memory-mapped). The metadata is
+    parsed on first use; the fingerprint needs only the file's bytes."""
 
     format = "gguf"
 
     def __init__(self, ref: str, path: Path, *, display_name: str | None = None):
         try:
-            from gguf import GGUFReader
+            import gguf  # noqa: F401
         except ImportError as exc:
             raise AlphaLoRAError(
                 "Reading GGUF files needs the 'gguf' package. Install the requirements "
                 "(see README set-up): pip install -r requirements.txt"
             ) from exc
+        _check_header(path)
+        self.ref = ref
+        self.path = path
+        self.trust_remote_code = False
+        self.revision = None
+        self._display_name_arg = display_name
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _PARSED and "_parsing" not in self.__dict__:
+            self._parse()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _parse(self) -> None:
+        """Read the metadata and tensor table (seconds for a large vocabulary)."""
+        self._parsing = True
+        try:
+            self._parse_metadata()
+        finally:
+            self.__dict__.pop("_parsing", None)
+
+    def _parse_metadata(self) -> None:
+        from gguf import GGUFReader
+
+        path, ref, display_name = self.path, self.ref, self._display_name_arg
         try:
             self._reader = GGUFReader(path, "r")
         except Exception as exc:  # the reader raises ValueError/IndexError/... on bad files
@@ -78,7 +135,9 @@ class GGUFSource(ModelSource):
         if not isinstance(n_layers, int):
             layers = [i.layer for i in infos.values() if i.layer is not None]
             n_layers = max(layers) + 1 if layers else None
+        trust, revision = self.trust_remote_code, self.revision
         super().__init__(ref, path, arch, n_layers, config)
+        self.trust_remote_code, self.revision = trust, revision
         self.display_name = display_name or str(config.get("general.name") or path.stem)
         self._infos = infos
         self._parameter_count = params
@@ -106,8 +165,8 @@ class GGUFSource(ModelSource):
     def _fingerprint_parts(self) -> Iterator[bytes]:
         yield self.path.name.encode()
         yield str(self.path.stat().st_size).encode()
-        header = np.asarray(self._reader.data[: self._reader.data_offset]).tobytes()
-        yield hashlib.sha256(header).digest()
+        with open(self.path, "rb") as fh:  # the start of the metadata, without parsing it
+            yield hashlib.sha256(fh.read(1 << 16)).digest()
         yield sample_digest(self.path)
 
     def describe(self) -> dict[str, Any]:
