@@ -258,8 +258,7 @@ def _loaded(
             yield info, None, str(exc)
             continue
         finite = bool(torch.isfinite(w).all())
-        fro = float(torch.linalg.vector_norm(w.double()) ** 2) if finite else math.nan
-        problem = check_matrix(tuple(w.shape), finite, fro)
+        problem = check_matrix(tuple(w.shape), finite, all_zero=finite and not bool(w.any()))
         yield (info, None, problem.reason) if problem else (info, w, None)
 
 
@@ -274,24 +273,39 @@ def _single_threaded_torch() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _solve_cost(w: torch.Tensor) -> int:
+    """Bytes one eigen-solve of ``w`` holds: the matrix, a float64 Gram of the small side
+    and the solver's workspace of the same size, and one float64 block of rows."""
+    k = min(w.shape)
+    return w.numel() * w.element_size() + 2 * k * k * 8 + min(64 * 2**20, w.numel() * 8)
+
+
 def _spectra_cpu(
     items: Iterator[tuple[MatrixInfo, torch.Tensor | None, str | None]],
     dtype: torch.dtype,
     workers: int,
+    budget_bytes: int = 640 * 2**20,
 ) -> Iterator[tuple[MatrixInfo, np.ndarray | None, str | None]]:
     """Eigenvalues on the CPU: independent matrices solved in parallel threads (torch
-    releases the GIL), each solver single-threaded, at most ``2·workers`` matrices in memory."""
+    releases the GIL), each solver single-threaded. At most ``2·workers`` matrices, and at
+    most ``budget_bytes`` of solver memory (but always one), are in flight at a time: small
+    matrices run in parallel, a few huge ones one after the other."""
     cpu = torch.device("cpu")
     with _single_threaded_torch(), ThreadPoolExecutor(max_workers=workers) as pool:
-        window: deque[tuple[MatrixInfo, Future | None, str | None]] = deque()
+        window: deque[tuple[MatrixInfo, Future | None, str | None, int]] = deque()
+        held = 0
         for info, w, problem in items:
-            fut = None if w is None else pool.submit(eigenvalues, w, dtype=dtype, device=cpu)
-            window.append((info, fut, problem))
-            while len(window) > 2 * workers:
-                i, f, p = window.popleft()
+            size = 0 if w is None else _solve_cost(w)
+            while window and (len(window) >= 2 * workers or held + size > budget_bytes):
+                i, f, p, n = window.popleft()
+                held -= n
                 yield i, (f.result() if f else None), p
+            fut = None if w is None else pool.submit(eigenvalues, w, dtype=dtype, device=cpu)
+            window.append((info, fut, problem, size))
+            held += size
+            del w
         while window:
-            i, f, p = window.popleft()
+            i, f, p, _ = window.popleft()
             yield i, (f.result() if f else None), p
 
 

@@ -31,7 +31,7 @@ class MatrixProblem:
     reason: str
 
 
-def check_matrix(shape: tuple[int, int], finite: bool, frobenius_sq: float) -> MatrixProblem | None:
+def check_matrix(shape: tuple[int, int], finite: bool, all_zero: bool) -> MatrixProblem | None:
     """Return the reason a matrix has no meaningful spectrum, or None when it is fine."""
     if not finite:
         return MatrixProblem("contains NaN or Inf values; the spectrum is undefined")
@@ -40,7 +40,7 @@ def check_matrix(shape: tuple[int, int], finite: bool, frobenius_sq: float) -> M
             f"shape {shape[0]}×{shape[1]} gives {min(shape)} eigenvalue(s); at least "
             f"{MIN_EIGENVALUES} are needed for a fit"
         )
-    if frobenius_sq == 0.0:
+    if all_zero:
         return MatrixProblem("all-zero matrix: every eigenvalue is 0")
     return None
 

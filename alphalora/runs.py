@@ -50,6 +50,7 @@ _UPDATABLE = {
     "finished_at": "time",
     "heartbeat_at": "time",
     "summary": "json",
+    "allocation": "json",
     "adapter_path": "text",
     "params_trainable": "int",
     "seconds_per_step": "float",

@@ -119,6 +119,27 @@ def _spectrum_batch(w: torch.Tensor, method: str) -> torch.Tensor:
     return torch.clamp(lam, min=0.0)
 
 
+#: Above this many bytes (at the target precision) a single matrix's Gram product is
+#: accumulated over row blocks, so a float32 matrix is never copied whole to float64.
+_GRAM_CHUNK_BYTES = 64 * 1024**2
+
+
+def _gram_eigenvalues(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Eigenvalues of the smaller Gram matrix of one 2-D ``w``, built at ``dtype`` block by
+    block when converting the whole matrix would cost more than ``_GRAM_CHUNK_BYTES``."""
+    tall = w if w.shape[0] >= w.shape[1] else w.T  # WᵀW of the tall view is the small side
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if tall.dtype == dtype or tall.numel() * itemsize <= _GRAM_CHUNK_BYTES:
+        return _spectrum_batch(w.to(dtype), "gram")
+    k = tall.shape[1]
+    step = max(1, _GRAM_CHUNK_BYTES // (k * itemsize))
+    gram = torch.zeros((k, k), dtype=dtype, device=w.device)
+    for start in range(0, tall.shape[0], step):
+        block = tall[start : start + step].to(dtype)
+        gram.addmm_(block.T, block)
+    return torch.clamp(torch.linalg.eigvalsh(gram), min=0.0)
+
+
 def eigenvalues(
     w: torch.Tensor | np.ndarray,
     *,
@@ -135,7 +156,10 @@ def eigenvalues(
     w = _as_tensor(w)
     dev = resolve_device(device)
     with _full_fp32_matmul(), torch.no_grad(), _cpu_threads_for(min(w.shape), dev):
-        lam = _spectrum_batch(w.to(device=dev, dtype=dtype), method)
+        if method == "gram":
+            lam = _gram_eigenvalues(w.to(device=dev), dtype)
+        else:
+            lam = _spectrum_batch(w.to(device=dev, dtype=dtype), method)
     return lam.to(device="cpu", dtype=torch.float64).numpy()
 
 

@@ -34,7 +34,7 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from alphalora.analysis import AnalysisOptions, analyze
 t = time.perf_counter()
-r = analyze({folder!r}, AnalysisOptions(device="cpu", precision="float32"), use_cache=False)
+r = analyze({folder!r}, AnalysisOptions(device="cpu"), use_cache=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "matrices": len(r.matrices),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "alpha_mean": float(r.matrices["alpha"].mean())}}))

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+try:  # One intra-op thread: on a small shared CI machine torch's thread pool spins against
+    # other load (tiny-model tests ran ~8x slower with the default two threads).
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a hard dependency
+    pass
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
