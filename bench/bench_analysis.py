@@ -70,6 +70,12 @@ def main() -> None:
     ours = analyze(source, opts, use_cache=False)
     t_ours = time.perf_counter() - start
 
+    opts32 = AnalysisOptions(fit="clauset", device="cpu", esd_scale="N", precision="float32")
+    start = time.perf_counter()
+    ours32 = analyze(source, opts32, use_cache=False)
+    t_ours32 = time.perf_counter() - start
+    d32 = (ours32.matrices["alpha"] - ours.matrices["alpha"]).abs()
+
     ours_df = ours.matrices.assign(longname=ours.matrices["name"].str.removesuffix(".weight"))
     merged = ours_df.merge(
         ww_df[["longname", "alpha", "xmin", "D"]], on="longname", suffixes=("", "_ww")
@@ -85,6 +91,10 @@ def main() -> None:
         "seconds_ours": round(t_ours, 3),
         "seconds_weightwatcher": round(t_ww, 3),
         "speedup": round(t_ww / t_ours, 2),
+        "seconds_ours_float32": round(t_ours32, 3),
+        "speedup_float32": round(t_ww / t_ours32, 2),
+        "float32_alpha_max_abs_diff_vs_float64": float(d32.max()),
+        "float32_alpha_median_abs_diff_vs_float64": float(d32.median()),
         "alpha_equal_1e-6": same,
         "alpha_max_abs_diff": float(diff.max()) if len(diff) else None,
         "alpha_median_abs_diff": float(diff.median()) if len(diff) else None,
@@ -100,6 +110,8 @@ def main() -> None:
     print(f"  AlphaLoRA Studio  {t_ours:8.2f} s  (streams from safetensors)")
     print(f"  WeightWatcher     {t_ww:8.2f} s  (model already in memory)")
     print(f"  ratio             {report['speedup']:8.1f}x faster")
+    print(f"  ours, float32 eigen-solver {t_ours32:6.2f} s -> {report['speedup_float32']:.1f}x faster; "
+          f"alpha moves by ≤ {d32.max():.2g} (median {d32.median():.2g}) vs float64")  # fmt: skip
     print(f"  alpha equal to 1e-6 relative: {same}/{len(merged)}; max |Δα| {report['alpha_max_abs_diff']:.3g}; "
           f"correlation {report['alpha_correlation']:.6f}")  # fmt: skip
     print("\nlayer-mean alpha, side by side")

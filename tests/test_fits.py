@@ -361,3 +361,165 @@ def test_fit_many_cuda_equals_numpy():
             assert a.xmin == b.xmin and a.n_tail == b.n_tail
             assert a.alpha == pytest.approx(b.alpha, rel=1e-9)
             assert a.D == pytest.approx(b.D, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- numpy batch
+
+
+def _same_fit(a: PowerLawFit, b: PowerLawFit) -> bool:
+    """Equal fits: the same candidate (xmin, n_tail, peak) and α, D to 1e-12 (NaN == NaN)."""
+
+    def close(u: float, v: float) -> bool:
+        return (np.isnan(u) and np.isnan(v)) or abs(u - v) <= 1e-12 * max(abs(v), 1e-300)
+
+    return (
+        close(a.alpha, b.alpha)
+        and close(a.D, b.D)
+        and (a.xmin == b.xmin or (np.isnan(a.xmin) and np.isnan(b.xmin)))
+        and (a.n_tail, a.n, a.mode, a.peak, a.reason) == (b.n_tail, b.n, b.mode, b.peak, b.reason)
+    )
+
+
+def _batch_spectra() -> list[np.ndarray]:
+    """Mixed lengths (several per length, so that rows really stack), ties, zeros that change
+    a spectrum's effective length, tiny and degenerate spectra, in a shuffled order."""
+    rng = np.random.default_rng(11)
+    out = [_esd(rng.standard_normal((60, 40))) for _ in range(4)]  # N = 40
+    out += [_esd(rng.standard_t(2.5, (90, 50))) * 10.0 ** rng.uniform(-3, 3) for _ in range(5)]
+    out += [np.round(rng.pareto(1.5, 50) + 1.0, 1) for _ in range(3)]  # N = 50 with ties
+    out += [rng.integers(1, 9, 40).astype(float)]  # N = 40, heavy ties
+    # 10 zeros / negatives dropped: effective N = 40, stacked with the rows above
+    out += [np.r_[np.zeros(7), [-1e-9, -3.0, 0.0], _esd(rng.standard_normal((70, 40)))]]
+    out += [np.r_[np.zeros(3), _esd(rng.standard_t(3.0, (80, 37)))]]  # N = 37 alone
+    out += [DATA[n] for n in ("pareto_15", "ties_top", "zeros_rank_def", "lognormal_500")]
+    out += [np.array([1.0, 2.0]), np.array([3.0, 1.0, 2.0]), np.array([1.0, 3e20, 3.1e20])]
+    out += [np.array([1e-300, 1e-200, 1e-100, 1.0, 1e100, 1e200, 1e300])]
+    out += [np.array([5e-324, 1e-310, 1.0, 2.0, 1e308]), np.array([1.0, 1.0 + 2e-16, 1.0 + 4e-16])]
+    out += [EDGE_CASES[n] for n in sorted(EDGE_CASES)]
+    return [out[k] for k in rng.permutation(len(out))]
+
+
+@pytest.mark.parametrize("quirk", [False, True])
+def test_numpy_batch_equals_single_hill_peak(quirk):
+    spectra = _batch_spectra()
+    single = [fit_hill_peak(x, log10_quirk=quirk) for x in spectra]
+    assert any(not f.ok and "peak window" in f.reason for f in single)  # the empty-window case
+    many = fit_many(spectra, "hill-peak", device="cpu", log10_quirk=quirk, engine="numpy")
+    assert len(many) == len(spectra)
+    for k, (a, b) in enumerate(zip(many, single, strict=True)):  # order preserved
+        assert _same_fit(a, b), (k, a, b)
+    assert sum(f.ok for f in many) >= 20
+
+
+def test_numpy_batch_equals_single_clauset():
+    """Rows without ties are fitted batched, rows with ties by the single fit: same fits."""
+    spectra = _batch_spectra()
+    many = fit_many(spectra, "clauset", device="cpu", engine="numpy")
+    for k, (a, x) in enumerate(zip(many, spectra, strict=True)):
+        assert _same_fit(a, fit_clauset(x)), (k, a)
+
+
+@pytest.mark.parametrize("mode", ["hill-peak", "clauset"])
+def test_numpy_batch_in_small_blocks(monkeypatch, mode):
+    """Tiny work blocks (many row stacks, many pair blocks, chunked sharpening) and a first
+    round of one candidate per row change the work, never the fits."""
+    from alphalora import fits
+
+    spectra = _batch_spectra()
+    ref = fit_many(spectra, mode, device="cpu", engine="numpy")
+    monkeypatch.setattr(fits, "_ROW_BLOCK", 100)
+    monkeypatch.setattr(fits, "_PAIR_BLOCK", 64)
+    monkeypatch.setattr(fits, "_FIRST_EXACT_BATCH", 1)
+    small = fit_many(spectra, mode, device="cpu", engine="numpy")
+    for a, b in zip(small, ref, strict=True):
+        assert _same_fit(a, b)
+
+
+def test_numpy_batch_auto_engine_and_inputs():
+    """engine='auto' on a CPU mixes batched groups and single fits; tensors and lists work."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    group = [_esd(rng.standard_t(2.5, (70, 45))) for _ in range(7)]
+    spectra = [*group, DATA["pareto_300"], torch.tensor(DATA["t2_100x50"]), list(group[0])]
+    auto = fit_many(spectra, "hill-peak", device="cpu")
+    for a, x in zip(auto, spectra, strict=True):
+        assert _same_fit(a, fit_hill_peak(x))
+    with pytest.raises(AlphaLoRAError, match="1-D"):
+        fit_many([group[0], np.ones((3, 3))], "hill-peak", device="cpu", engine="numpy")
+
+
+class _FakeRows:
+    """Prescribed D per (row, candidate), to check the batched scan's bookkeeping and ties."""
+
+    def __init__(self, d: np.ndarray, shrink: np.ndarray) -> None:
+        self.d, self.shrink, self.size = d, shrink, 10_000
+
+    def lower_bound(self, rows, i, alpha):  # valid bounds whose order scrambles ties
+        return self.d[rows, i] * self.shrink[rows, i]
+
+    def exact(self, rows, i, alpha):
+        return self.d[rows, i], i
+
+    def terms_max(self, rows, i, alpha, pos):
+        return self.d[rows, i] * 0.9
+
+
+def test_batched_scan_keeps_the_first_of_tied_minima():
+    from alphalora import fits
+
+    rng = np.random.default_rng(4)
+    d = rng.choice([0.2, 0.25, 0.3, 0.5, 0.9], size=(30, 150))
+    ok = rng.random(d.shape) < 0.8
+    ok[3] = False  # a row without candidates
+    cp = np.broadcast_to(np.arange(d.shape[1]), d.shape)
+    rows = _FakeRows(d, rng.uniform(0.3, 1.0, d.shape))
+    best, best_d = fits._batch_scan(rows, cp, np.full(d.shape, 2.0), ok)
+    masked = np.where(ok, d, np.inf)
+    assert best[3] == -1 and np.isinf(best_d[3])
+    rest = np.r_[0:3, 4 : d.shape[0]]
+    assert np.array_equal(best[rest], masked[rest].argmin(axis=1))  # argmin: the first one
+    assert np.array_equal(best_d[rest], masked[rest].min(axis=1))
+
+
+def test_row_histograms_equal_numpy_histogram():
+    """Values exactly on bin edges (where a width-based guess goes wrong), ties, equal logs."""
+    from alphalora import fits
+
+    rng = np.random.default_rng(9)
+    rows = []
+    for _ in range(300):
+        first, last = sorted(rng.uniform(-40, 40, 2))
+        bins = int(rng.integers(1, 120))
+        edges = np.arange(bins + 1) * ((last - first) / bins) + first
+        edges[-1] = last
+        rows.append(
+            (bins, np.sort(np.r_[edges, rng.choice(edges, 30), rng.uniform(first, last, 20)]))
+        )
+    rows.append((10, np.full(8, 0.25)))  # one value: numpy widens the range by ±0.5
+    for bins, lg in rows:
+        stack = np.stack([lg, lg])  # two rows: the row offsets work
+        edges, counts = fits._row_histograms(stack, bins)
+        ref_counts, ref_edges = np.histogram(lg, bins=bins)
+        assert np.array_equal(counts[0], ref_counts) and np.array_equal(counts[1], ref_counts)
+        assert np.allclose(edges[0], ref_edges, rtol=0, atol=1e-12 * (1 + np.abs(ref_edges).max()))
+
+
+@pytest.mark.parametrize("mode", ["hill-peak", "clauset"])
+def test_numpy_batch_values_on_the_window_bounds(mode):
+    """Eigenvalues exactly at 0.95·peak and 1.5·peak are candidates, batched as single."""
+    from alphalora import fits
+
+    rng = np.random.default_rng(12)
+    spectra = []
+    while len(spectra) < 6:
+        x = np.sort(_esd(rng.standard_normal((80, 60))))
+        peak = fits._hill_window(x, 100, False)[0]
+        y = np.sort(np.r_[x, 0.95 * peak, 1.5 * peak])
+        peak_y, _, _, cand = fits._hill_window(y, 100, False)
+        if peak_y == peak and y[-1] > 1.5 * peak:
+            assert y[cand[0]] == 0.95 * peak and y[cand[-1]] == 1.5 * peak
+            spectra.append(y)
+    single = [fit_power_law(y, mode=mode) for y in spectra]
+    many = fit_many(spectra, mode, device="cpu", engine="numpy")
+    for a, b in zip(many, single, strict=True):
+        assert _same_fit(a, b)
