@@ -557,7 +557,8 @@ class _Session:
             }
             if self.allocation is not None:
                 atomic_write_json(self.folder / "allocation.json", self.allocation.to_dict())
-                self._update(allocation=self.allocation.to_dict())  # the resolved experts, not the spec
+                # the run row shows the resolved experts per layer, not the spec
+                self._update(allocation=self.allocation.to_dict())
             self.store.merge_summary(self.run_id, **extra)
 
     def _allocation(self, n_layers: int) -> Any:

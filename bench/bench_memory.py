@@ -34,7 +34,7 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from alphalora.analysis import AnalysisOptions, analyze
 t = time.perf_counter()
-r = analyze({folder!r}, AnalysisOptions(device="cpu"), use_cache=False)
+r = analyze({folder!r}, AnalysisOptions(device={device!r}), use_cache=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "matrices": len(r.matrices),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "alpha_mean": float(r.matrices["alpha"].mean())}}))
@@ -73,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4, help="transformer blocks (0.81 GB each)")
     parser.add_argument("--keep", help="write the checkpoint here and keep it")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (time it on each)")
     args = parser.parse_args()
     folder = (
         Path(args.keep)
@@ -86,17 +87,17 @@ def main() -> None:
               f"({time.perf_counter() - t:.0f} s to write)")  # fmt: skip
         env = {**os.environ, "ALPHALORA_HOME": tempfile.mkdtemp(prefix="alphalora-home-")}
         out = subprocess.run(
-            [sys.executable, "-c", CHILD.format(root=str(ROOT), folder=str(folder))],
+            [sys.executable, "-c", CHILD.format(root=str(ROOT), folder=str(folder), device=args.device)],
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
         res = json.loads(out.stdout.strip().splitlines()[-1])
-        res.update(checkpoint_gib=round(size / 2**30, 3), layers=args.layers,
+        res.update(checkpoint_gib=round(size / 2**30, 3), layers=args.layers, device=args.device,
                    parent_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
         print(f"analysis: {res['matrices']} matrices in {res['seconds']:.1f} s")
         print(f"peak RSS of the analysing process: {res['peak_rss_mb']:.0f} MB "
               f"({res['peak_rss_mb'] / (size / 2**20):.2f}× the checkpoint size; target < 1500 MB)")  # fmt: skip
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "memory.json").write_text(json.dumps(res, indent=2) + "\n")
+        (RESULTS / f"memory_{args.device}.json").write_text(json.dumps(res, indent=2) + "\n")
     finally:
         if not args.keep:
             shutil.rmtree(folder.parent, ignore_errors=True)

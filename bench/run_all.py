@@ -22,7 +22,11 @@ BENCHES = [
     ("bench_moe.py", [], ["--quick"]),
     ("bench_app.py", [], ["--quick"]),
     ("bench_quantisation.py", [], []),
-    ("bench_finetune.py", ["--steps", "40", "--warmup-steps", "4", "--eval-every", "20"], ["--steps", "4"]),
+    (
+        "bench_finetune.py",
+        ["--steps", "40", "--warmup-steps", "4", "--eval-every", "20"],
+        ["--steps", "4"],
+    ),
 ]
 
 
