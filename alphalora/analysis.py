@@ -8,7 +8,6 @@ a second analysis of the same model loads instantly.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ from alphalora.fits import PowerLawFit, fit_many, fit_power_law
 from alphalora.metrics import check_matrix, reliability_warning, spectrum_metrics
 from alphalora.paths import atomic_write_json, subdir
 from alphalora.sources import MatrixInfo, ModelSource, open_source
-from alphalora.spectra import eigenvalues, eigenvalues_batched, resolve_device
+from alphalora.spectra import eigenvalues, eigenvalues_batched, resolve_device, torch_threads
 
 FIT_MODES = ("hill-peak", "clauset")
 #: Bumped whenever a change alters the numbers, so that stale caches are not reused.
@@ -262,17 +261,6 @@ def _loaded(
         yield (info, None, problem.reason) if problem else (info, w, None)
 
 
-@contextlib.contextmanager
-def _single_threaded_torch() -> Iterator[None]:
-    """One intra-op thread per solver while our own pool runs several solvers at once."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _solve_cost(w: torch.Tensor) -> int:
     """Bytes one eigen-solve of ``w`` holds: the matrix, a float64 Gram of the small side
     and the solver's workspace of the same size, and one float64 block of rows."""
@@ -291,7 +279,7 @@ def _spectra_cpu(
     most ``budget_bytes`` of solver memory (but always one), are in flight at a time: small
     matrices run in parallel, a few huge ones one after the other."""
     cpu = torch.device("cpu")
-    with _single_threaded_torch(), ThreadPoolExecutor(max_workers=workers) as pool:
+    with torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
         window: deque[tuple[MatrixInfo, Future | None, str | None, int]] = deque()
         held = 0
         for info, w, problem in items:

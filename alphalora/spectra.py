@@ -62,17 +62,24 @@ SINGLE_THREAD_MAX_SIDE = 2048
 
 
 @contextlib.contextmanager
-def _cpu_threads_for(side: int, device: torch.device) -> Iterator[None]:
-    """Use one intra-op thread for small CPU eigen-problems, restoring the setting after."""
-    if device.type != "cpu" or side > SINGLE_THREAD_MAX_SIDE or torch.get_num_threads() == 1:
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, restoring the setting after."""
+    previous = torch.get_num_threads()
+    if previous == n:
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _cpu_threads_for(side: int, device: torch.device) -> contextlib.AbstractContextManager:
+    """One intra-op thread for small CPU eigen-problems; otherwise leave the setting alone."""
+    if device.type != "cpu" or side > SINGLE_THREAD_MAX_SIDE:
+        return contextlib.nullcontext()
+    return torch_threads(1)
 
 
 def _check_args(dtype: torch.dtype, method: str) -> str:

@@ -12,16 +12,6 @@ from alphalora import data
 from alphalora.data import IGNORE_INDEX, Example
 from alphalora.errors import AlphaLoRAError
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and the machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- shipped task
 
 
