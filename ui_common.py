@@ -205,3 +205,11 @@ def plot(fig: Any, key: str, **kwargs: Any) -> Any:
     """``st.plotly_chart`` with the modebar's PNG download kept and a stable key."""
     config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
     return st.plotly_chart(fig, key=key, config=config, **kwargs)
+
+
+@st.cache_resource
+def cuda_device_count() -> int:
+    """GPUs visible to torch (0 without CUDA): more than one offers DDP launches."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -461,8 +461,13 @@ def load_user_task(
 
 
 def load_task(spec: str | Path, *, scoring: str = "auto") -> Task:
-    """A shipped task by name (``rotten-tomatoes``) or a user JSONL/CSV file by path."""
+    """A shipped task by name (``rotten-tomatoes``), a user JSONL/CSV file by path, or a
+    Hugging Face dataset as ``hf:NAME[:CONFIG][?options]`` (see :mod:`alphalora.hf_tasks`)."""
     text = str(spec).strip()
+    if text.startswith("hf:"):
+        from alphalora.hf_tasks import load_hf_task
+
+        return load_hf_task(text, scoring=scoring)
     if text in SHIPPED_TASKS:
         task = SHIPPED_TASKS[text]()
         if scoring == "generate":
@@ -473,9 +478,10 @@ def load_task(spec: str | Path, *, scoring: str = "auto") -> Task:
     if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv") or path.exists():
         return load_user_task(path, scoring=scoring)
     raise AlphaLoRAError(
-        f"Unknown task {text!r}. Use a shipped task ({', '.join(SHIPPED_TASKS)}) or a path to "
-        "a .jsonl/.csv file with prompt/answer or question/choices/answer columns. Hugging Face "
-        "datasets are not loaded by name: export one to JSONL with those columns first."
+        f"Unknown task {text!r}. Use a shipped task ({', '.join(SHIPPED_TASKS)}), a path to "
+        "a .jsonl/.csv file with prompt/answer or question/choices/answer columns, or a Hugging "
+        "Face dataset prefixed with hf: (e.g. hf:cornell-movie-review-data/rotten_tomatoes, "
+        "hf:nyu-mll/glue:sst2, or hf:FOLDER for a folder written by save_to_disk)."
     )
 
 

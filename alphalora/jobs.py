@@ -41,9 +41,34 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 """Processes this process spawned, kept so they are reaped (no zombies) and polled exactly."""
 
 
-def trainer_command(python: str | None = None) -> list[str]:
-    """The argv prefix that runs the trainer: ``python -m alphalora train``."""
-    return [python or sys.executable, "-m", "alphalora", "train"]
+def trainer_command(python: str | None = None, num_processes: int = 1) -> list[str]:
+    """The argv prefix that runs the trainer: ``python -m alphalora train``, or with
+    ``num_processes`` > 1 the same module under ``accelerate launch`` (DDP: one process per GPU,
+    or gloo processes on CPU), with a free rendezvous port picked by accelerate."""
+    exe = python or sys.executable
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise AlphaLoRAError(f"num_processes must be a whole number ≥ 1; got {num_processes!r}.")
+    if num_processes == 1:
+        return [exe, "-m", "alphalora", "train"]
+    return [
+        exe,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",  # accelerate's torch.distributed launcher; on CPU the trainer uses gloo
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",  # the trainer sets its precision from the config
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "alphalora",
+        "train",
+    ]
 
 
 def is_alive(pid: int | None) -> bool:
@@ -199,22 +224,25 @@ def start_run(
     python: str | None = None,
     allocation: dict | None = None,
     command: list[str] | None = None,
+    num_processes: int = 1,
 ) -> str:
     """Record a queued run, write its config and start the trainer detached; returns the id.
 
     ``command`` (for tests and tools, e.g. ``["accelerate", "launch", "-m", "alphalora",
     "train"]``) replaces the ``python -m alphalora train`` prefix; the config path,
-    ``--run-id ID`` (and ``--resume``) are appended to it either way. ``allocation`` defaults
-    to ``config["allocation"]`` when that is a dict.
+    ``--run-id ID`` (and ``--resume``) are appended to it either way. ``num_processes`` > 1
+    (without ``command``) runs it under ``accelerate launch`` (see :func:`trainer_command`);
+    a resume reuses the same launcher. ``allocation`` defaults to ``config["allocation"]``
+    when that is a dict.
     """
     store = store or RunStore()
     if not isinstance(config, dict):
         raise AlphaLoRAError("A run's config must be a dict (the training configuration).")
     if allocation is None and isinstance(config.get("allocation"), dict):
         allocation = config["allocation"]
+    launcher = list(command) if command else trainer_command(python, num_processes)
     run_id = store.create_run(config, name=name, allocation=allocation, status="queued")
     paths.atomic_write_json(run_dir(run_id) / "config.json", config)
-    launcher = list(command) if command else trainer_command(python)
     _spawn(run_id, launcher, [], store, env)
     return run_id
 

@@ -235,6 +235,7 @@ class SafetensorsSource(ModelSource):
         self.files = files
         self._where: dict[str, Path] = {}
         self._headers: dict[Path, bytes] = {}
+        self._parsed: dict[Path, dict] = {}  # headers parsed on first read, once per file
         entries: list[tuple[str, list[int], str]] = []
         for file in files:
             self._headers[file] = _safetensors_header(file)
@@ -294,7 +295,9 @@ class SafetensorsSource(ModelSource):
         file = self._where[info.name]
         header = self._headers[file]
         try:
-            meta = json.loads(header[8:])[info.name]
+            if file not in self._parsed:
+                self._parsed[file] = json.loads(header[8:])
+            meta = self._parsed[file][info.name]
             begin, end = meta["data_offsets"]
             dtype = SAFETENSORS_TORCH_DTYPES[meta["dtype"]]
             with open(file, "rb") as fh:

@@ -5,7 +5,11 @@ trains with AdamW + linear warmup/decay, logs every step to the run store, evalu
 ``eval_every`` steps and at the end, checkpoints the adapter and optimizer state atomically
 (never the frozen base), and saves the adapter. A SIGTERM or Ctrl-C stops it cleanly after the
 current step with a checkpoint; ``resume=True`` continues to the same result as an
-uninterrupted run. Runnable as ``python -m alphalora.train CONFIG``.
+uninterrupted run. Runnable as ``python -m alphalora.train CONFIG``, and unchanged under
+``accelerate launch`` with several processes (DDP): each process takes its own ``batch_size``
+examples per micro-step (the global batch grows with the process count) and scores its own shard
+of the evaluation; only the main one writes the run store, checkpoints and adapter; every
+collective is reached by all processes.
 """
 
 from __future__ import annotations
@@ -403,51 +407,82 @@ class _Session:
             self.store.log_metrics(self.run_id, step, metrics, split=split)
 
     # -- set-up ---------------------------------------------------------------------------
-    def open_run(self) -> None:
-        from accelerate.utils import broadcast_object_list
+    def _from_main(self, value: Any, error: str | None) -> Any:
+        """The main process's ``value`` on every process, and its ``error`` (a message from a
+        check only the main process makes) raised on every process: no rank is left waiting
+        alone in a later collective."""
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
 
+            box = [value, error]
+            broadcast_object_list(box)
+            value, error = box
+        if error is not None:
+            raise AlphaLoRAError(error)
+        return value
+
+    def _claim_run(self) -> None:
+        """Main process: check the run can be resumed or started, or create it."""
+        cfg = self.config
+        if self.resume:
+            if self.run_id is None:
+                raise AlphaLoRAError("resume needs the id of the run to continue (--run-id).")
+            run = self.store.get_run(self.run_id)
+            if run["status"] == "completed":
+                raise AlphaLoRAError(
+                    f"Run {self.run_id} already completed; start a new run instead."
+                )
+            if run["status"] == "running" and _pid_alive(run.get("pid")):
+                raise AlphaLoRAError(
+                    f"Run {self.run_id} is still running (pid {run['pid']}); stop it first."
+                )
+        elif self.run_id is None:
+            self.run_id = self.store.create_run(cfg.to_dict(), name=cfg.name, status="queued")
+            self.owns_run = True
+        else:
+            run = self.store.get_run(self.run_id)
+            if run["status"] not in ("queued",):
+                raise AlphaLoRAError(
+                    f"Run {self.run_id} is {run['status']}; only a queued run can be started. "
+                    "Use resume to continue an interrupted run."
+                )
+
+    def _make_folder(self) -> Path:
+        """Main process: the run folder and its checkpoints folder, checked writable."""
+        from alphalora.runs import run_dir
+
+        try:
+            folder = run_dir(self.run_id)
+        except OSError as exc:
+            raise AlphaLoRAError(
+                f"Cannot create the folder of run {self.run_id} ({exc.strerror or exc}). "
+                "Set ALPHALORA_HOME to a writable folder."
+            ) from exc
+        _check_writable(folder)
+        _check_writable(folder / CHECKPOINTS_DIR)
+        return folder
+
+    def open_run(self) -> None:
         from alphalora import paths
-        from alphalora.runs import check_run_id, run_dir
+        from alphalora.runs import check_run_id
 
         cfg = self.config
-        if self.main:
-            if self.resume:
-                if self.run_id is None:
-                    raise AlphaLoRAError("resume needs the id of the run to continue (--run-id).")
-                run = self.store.get_run(self.run_id)
-                if run["status"] == "completed":
-                    raise AlphaLoRAError(
-                        f"Run {self.run_id} already completed; start a new run instead."
-                    )
-                if run["status"] == "running" and _pid_alive(run.get("pid")):
-                    raise AlphaLoRAError(
-                        f"Run {self.run_id} is still running (pid {run['pid']}); stop it first."
-                    )
-            elif self.run_id is None:
-                self.run_id = self.store.create_run(cfg.to_dict(), name=cfg.name, status="queued")
-                self.owns_run = True
-            else:
-                run = self.store.get_run(self.run_id)
-                if run["status"] not in ("queued",):
-                    raise AlphaLoRAError(
-                        f"Run {self.run_id} is {run['status']}; only a queued run can be started. "
-                        "Use resume to continue an interrupted run."
-                    )
-        box = [self.run_id]
-        broadcast_object_list(box)
-        self.run_id = box[0]
-        self.owns_run = True
+        error = None
         if self.main:
             try:
-                self.folder = run_dir(self.run_id)
-            except OSError as exc:
-                raise AlphaLoRAError(
-                    f"Cannot create the folder of run {self.run_id} ({exc.strerror or exc}). "
-                    "Set ALPHALORA_HOME to a writable folder."
-                ) from exc
-            _check_writable(self.folder)
-            _check_writable(self.folder / CHECKPOINTS_DIR)
-        else:  # only the main process writes; the others read checkpoints from here
+                self._claim_run()
+            except AlphaLoRAError as exc:
+                error = str(exc)
+        self.run_id = self._from_main(self.run_id, error)
+        self.owns_run = True
+        error = None
+        if self.main:
+            try:
+                self.folder = self._make_folder()
+            except AlphaLoRAError as exc:
+                error = str(exc)
+        self._from_main(None, error)
+        if not self.main:  # only the main process writes; the others read checkpoints from here
             self.folder = paths.data_dir() / "runs" / check_run_id(self.run_id)
         self.checkpoint_root = self.folder / CHECKPOINTS_DIR
         fields: dict[str, Any] = {
@@ -486,7 +521,10 @@ class _Session:
         self.eval_scoring = None if self.task.scoring == "choice" else "generate"
 
         self.report(0.0, f"Loading model {cfg.model}")
-        path = resolve_model_path(cfg.model, self.report)
+        # Under several processes the main one fills the shared caches first (the embedded
+        # model's export here, the spectral analysis in _allocation); the others then reuse them.
+        with self.accelerator.main_process_first():
+            path = resolve_model_path(cfg.model, self.report)
         kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -510,7 +548,8 @@ class _Session:
             from alphalora.moe_inject import find_blocks
 
             n_layers = len(find_blocks(model)[1])
-            self.allocation = self._allocation(n_layers)
+            with self.accelerator.main_process_first():
+                self.allocation = self._allocation(n_layers)
             set_seed(cfg.seed)
             inject_moe_lora(
                 model,
@@ -1015,7 +1054,10 @@ def train(
         except KeyboardInterrupt:
             if session.stop.in_update:
                 return session.interrupted("interrupted during an update", save=False)
-            return session.interrupted("interrupted (Ctrl-C)")
+            # A second Ctrl-C stops this process only; under several, the others may be inside
+            # a collective that would never finish, and a checkpoint is one: none is attempted.
+            single = session.accelerator.num_processes == 1
+            return session.interrupted("interrupted (Ctrl-C)", save=single)
         except BaseException as exc:
             message = _fail_message(exc)
             if session.main and session.owns_run:

@@ -1,11 +1,13 @@
 """One training step (forward + backward) of our MoE-LoRA, side by side in one process, against
 a per-expert-loop MoE-LoRA in MoLA's style, plain peft LoRA, and the frozen base alone.
 
-    .venv/bin/python bench/bench_moe.py [--device cpu|cuda] [--quick]
+    .venv/bin/python bench/bench_moe.py [--device cpu|cuda] [--quick] [--workload synthetic|demo]
 
-Every variant starts from the same random-weight Llama-shaped base and the same MoLA ▽2468
-allocation; rounds run the variants in rotating order and the median per variant is reported,
-so a busy neighbour slows all of them alike. Results go to bench/results/moe_<device>.json.
+Every variant starts from the same base and allocation: by default a random-weight
+Llama-shaped base with MoLA ▽2468; ``--workload demo`` uses the product's real CPU workload
+instead (the embedded SmolLM2-135M, the demo-cpu preset's AlphaLoRA allocation and batch).
+Rounds run the variants in rotating order and the median per variant is reported, so a busy
+neighbour slows all of them alike. Results go to bench/results/moe_<device>[_demo].json.
 """
 
 from __future__ import annotations
@@ -122,15 +124,34 @@ def model_config(device: str, quick: bool):
     )  # fmt: skip
 
 
+def demo_base_and_allocation(device: torch.device, dtype: torch.dtype):
+    """The product's CPU workload: the embedded SmolLM2-135M and the allocation that the
+    ``demo-cpu`` preset trains with (AlphaLoRA from the model's own alphas)."""
+    from transformers import AutoModelForCausalLM
+
+    from alphalora.train import resolve_allocation, resolve_model_path
+    from alphalora.train_config import load_config
+
+    config = load_config("demo-cpu")
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model), dtype=dtype)
+    base = base.to(device)
+    alloc = resolve_allocation(config, base.config.num_hidden_layers, analysis_device="cpu")
+    return base, alloc, config
+
+
 def build_variants(args, device: torch.device, dtype: torch.dtype):
     from transformers import LlamaForCausalLM
 
-    config = model_config(args.device, args.quick)
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    if args.workload == "demo":
+        base, alloc, _ = demo_base_and_allocation(device, dtype)
+        config = base.config
+    else:
+        config = model_config(args.device, args.quick)
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(config).to(device=device, dtype=dtype)
+        alloc = mola_shape("2468", config.num_hidden_layers)
     base.config.use_cache = False
     layers = config.num_hidden_layers
-    alloc = mola_shape("2468", layers)
     n_mean = sum(alloc.experts) / layers
     k_mean = sum(alloc.top_k) / layers
     variants: dict[str, dict] = {}
@@ -209,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads (default 1 on CPU: on shared cores a multi-threaded step's time "
         "swings several-fold with the neighbours' load; one thread keeps ratios stable)",
     )
+    parser.add_argument(
+        "--workload",
+        choices=["synthetic", "demo"],
+        default="synthetic",
+        help="synthetic: random Llama-shaped base with MoLA ▽2468 (default); demo: the embedded "
+        "SmolLM2-135M with the demo-cpu preset's AlphaLoRA allocation, batch 8 × 48 tokens",
+    )
     args = parser.parse_args(argv)
     if args.threads or args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
@@ -220,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     batch, seq = (4, 512) if args.device == "cuda" else (4, 128)
     if args.quick:
         batch, seq = (2, 256) if args.device == "cuda" else (2, 64)
+    if args.workload == "demo":
+        from alphalora.train_config import load_config
+
+        demo = load_config("demo-cpu")
+        batch, seq = demo.batch_size, demo.max_length
     rounds = args.rounds or (3 if args.quick else 7)
     warmup = 1 if args.quick else 2
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
@@ -279,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         batch=batch,
         seq=seq,
         quick=args.quick,
+        workload=args.workload,
         warmup_rounds=warmup,
         rounds=rounds,
         **info,
@@ -307,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for key, value in summary.items():
         print(f"{key}: {value}")
-    out = Path(__file__).resolve().parent / "results" / f"moe_{args.device}.json"
+    suffix = "" if args.workload == "synthetic" else f"_{args.workload}"
+    out = Path(__file__).resolve().parent / "results" / f"moe_{args.device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")

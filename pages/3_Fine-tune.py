@@ -13,6 +13,7 @@ from alphalora.allocation import alphalora_allocation
 from alphalora.app_state import MOLA_SHAPES, allocation_spec, check_layers, latest_router_load
 from alphalora.data import ROTTEN_TOMATOES, load_task
 from alphalora.errors import AlphaLoRAError
+from alphalora.hf_tasks import HF_PREFIX, canonical_hf_spec
 from alphalora.paths import atomic_write_bytes, subdir
 from alphalora.plots import metric_curves_figure, router_load_figure
 from alphalora.runs import ACTIVE_STATUSES, RunStore
@@ -57,9 +58,10 @@ if ctx["choice"].is_paper:
     )
 model_ref = st.text_input("Model to fine-tune", value=default_model, key="ft_model",
                           help="'embedded', a local Hugging Face folder or a hub id.")  # fmt: skip
+HF_MODE = "Hugging Face dataset"
 task_mode = st.radio(
     "Task",
-    ["Shipped demo: Rotten Tomatoes sentiment", "Upload a JSONL/CSV file"],
+    ["Shipped demo: Rotten Tomatoes sentiment", "Upload a JSONL/CSV file", HF_MODE],
     horizontal=True,
     key="ft_task_mode",
 )
@@ -81,6 +83,32 @@ if task_mode.startswith("Upload"):
             task_spec = path
             st.success(f"{up.name}: {summary['n_train']} training and {summary['n_eval']} "
                        f"held-out examples, scored by {summary['scoring']}.")  # fmt: skip
+elif task_mode == HF_MODE:
+    task_spec = None
+    hf_ref = st.text_input(
+        "Dataset: hf:NAME or hf:NAME:CONFIG, options after ?",
+        key="ft_hf_spec",
+        placeholder="hf:cornell-movie-review-data/rotten_tomatoes",
+        help="NAME is a hub id (downloaded once when online, then read from the Hugging Face "
+        "cache) or a local folder written by save_to_disk or holding parquet/CSV/JSON files. "
+        "Options: split, eval_split, text, label, prompt, answer, question, choices, max_train, "
+        "max_eval — e.g. hf:nyu-mll/glue:sst2?text=sentence&max_train=5000.",
+    )
+    if hf_ref.strip():
+        ref = hf_ref.strip()
+        ref = ref if ref.startswith(HF_PREFIX) else HF_PREFIX + ref
+        try:
+            ref = canonical_hf_spec(ref)
+            with st.spinner("Loading the dataset…"):
+                summary = _task_summary(ref, ref)
+        except AlphaLoRAError as exc:
+            st.error(str(exc))
+        else:
+            task_spec = ref
+            st.success(f"{summary['name']}: {summary['n_train']} training and "
+                       f"{summary['n_eval']} held-out examples, scored by {summary['scoring']}. "
+                       f"Licence: {summary['licence']}.")  # fmt: skip
+            st.caption("; ".join(summary["notes"]))
 else:
     try:
         summary = _task_summary(ROTTEN_TOMATOES, "shipped")
@@ -122,12 +150,22 @@ eval_every = s6.number_input("Evaluate every (steps, 0 = end only)", 0, 100_000,
                              value=base.eval_every or 0, key="ft_eval_every")  # fmt: skip
 eval_examples = s7.number_input("Held-out examples", 1, 100_000, value=base.eval_examples or 200,
                                 key="ft_eval_n")  # fmt: skip
+gpus = ui.cuda_device_count()
+processes = 1
+if gpus > 1:  # DDP through accelerate launch, one process per GPU
+    processes = st.number_input(
+        "GPUs per run (accelerate launch, DDP)", 1, gpus, value=1, key="ft_processes",
+        help="Each process trains on its own batch, so the global batch is batch size × GPUs. "
+        "Runs launched together each take this many processes.",
+    )  # fmt: skip
 
 
 def _configs() -> list[tuple[str, dict, dict | None]]:
     """(name, config dict, allocation dict for the store) per picked run; raises on bad input."""
     if not picked:
         raise AlphaLoRAError("Pick at least one allocation to launch.")
+    if task_spec is None and task_mode == HF_MODE:
+        raise AlphaLoRAError("Enter a Hugging Face dataset that loads, or choose the shipped task.")
     if task_spec is None:
         raise AlphaLoRAError("Upload a valid task file first (or choose the shipped task).")
     common = {
@@ -168,7 +206,8 @@ def _configs() -> list[tuple[str, dict, dict | None]]:
 
 if st.button("Launch", type="primary", key="ft_launch"):
     try:
-        launched = [jobs.start_run(cfg, name=name, allocation=alloc)
+        launched = [jobs.start_run(cfg, name=name, allocation=alloc,
+                                   num_processes=int(processes))
                     for name, cfg, alloc in _configs()]  # fmt: skip
     except AlphaLoRAError as exc:
         st.error(str(exc))

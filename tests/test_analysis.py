@@ -206,3 +206,19 @@ def test_embedded_model_analysis():
     alphas = np.array(result.layer_alphas)
     assert np.all(np.isfinite(alphas)) and np.all(alphas > 1.0)
     assert result.matrices["alpha"].notna().all()
+
+
+def test_screen_is_exact_at_overflow_and_underflow():
+    """The one-pass norm screen falls back to element checks where float32 norms overflow
+    (huge finite weights) or underflow (tiny nonzero weights), so neither is misflagged."""
+    from alphalora.analysis import _screen
+
+    w = torch.randn(20, 30, generator=torch.Generator().manual_seed(0))
+    assert _screen(w) == (True, False)
+    assert _screen(w * 1e30) == (True, False)  # ‖w‖² overflows float32
+    assert _screen(w * 1e-30) == (True, False)  # ‖w‖² underflows to 0
+    assert _screen(torch.zeros(20, 30)) == (True, True)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        v = w.clone()
+        v[3, 4] = bad
+        assert _screen(v) == (False, False)

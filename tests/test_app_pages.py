@@ -469,3 +469,29 @@ def test_fine_tune_launches_a_tiny_run_and_watches_it(tmp_path):
     _clean(at)
     assert run_id in at.dataframe[0].value["run_id"].tolist()
     assert "Download adapter (zip)" in [b.proto.label for b in at.get("download_button")]
+
+
+def test_fine_tune_offers_ddp_launch_only_with_several_gpus(monkeypatch):
+    """With one GPU or none there is no process count; with several, the chosen count reaches
+    the job launcher (accelerate launch, one process per GPU)."""
+    import alphalora.jobs as jobs
+    import ui_common
+
+    at = _app().switch_page("pages/3_Fine-tune.py").run()
+    _clean(at)
+    assert not [n for n in at.number_input if n.key == "ft_processes"]
+
+    calls: list[dict] = []
+
+    def fake_start_run(config, **kwargs):
+        calls.append(kwargs)
+        return f"run-{len(calls)}"
+
+    monkeypatch.setattr(ui_common, "cuda_device_count", lambda: 4)
+    monkeypatch.setattr(jobs, "start_run", fake_start_run)
+    at.run()
+    _clean(at)
+    at.number_input(key="ft_processes").set_value(2)
+    at.button(key="ft_launch").click().run()
+    _clean(at)
+    assert calls and all(c["num_processes"] == 2 for c in calls)

@@ -169,3 +169,33 @@ def test_blockwise_gram_matches_whole_matrix(monkeypatch):
         np.testing.assert_allclose(
             spectra_mod.eigenvalues(m), whole, rtol=1e-9, atol=1e-9 * whole[-1]
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(300, 120), (120, 300), (64, 64)])
+def test_lapack_cpu_path_equals_torch_path(shape, dtype):
+    """The CPU solver (numpy's syrk + eigvalsh) and the torch solver used on GPUs give the
+    same spectrum, for tall, wide and square matrices and bfloat16 inputs."""
+    import alphalora.spectra as spectra_mod
+
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
+    for inp in (w, w.to(torch.bfloat16)):
+        via_torch = spectra_mod._gram_eigenvalues(inp, dtype).double().numpy()
+        via_lapack = spectra_mod._gram_eigenvalues_lapack(inp, dtype)
+        assert via_lapack.dtype == np.float64 and via_lapack.shape == (min(shape),)
+        tol = 1e-10 if dtype == torch.float64 else 2e-5
+        np.testing.assert_allclose(via_lapack, via_torch, rtol=tol, atol=tol * via_torch[-1])
+
+
+def test_cpu_threads_sets_and_restores_both_pools():
+    import alphalora.spectra as spectra_mod
+
+    libs = spectra_mod._blas_libraries()
+    assert libs, "numpy's BLAS should be visible to threadpoolctl"
+    before_torch = torch.get_num_threads()
+    before_blas = [lib.get_num_threads() for lib in libs]
+    with spectra_mod.cpu_threads(1):
+        assert torch.get_num_threads() == 1
+        assert all(lib.get_num_threads() == 1 for lib in libs)
+    assert torch.get_num_threads() == before_torch
+    assert [lib.get_num_threads() for lib in libs] == before_blas

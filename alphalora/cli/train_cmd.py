@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 
 from alphalora.errors import AlphaLoRAError
 
@@ -15,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tune a model with MoE-LoRA (or plain LoRA) and record the run",
         description="Fine-tune as CONFIG says (a JSON file or a preset name such as demo-cpu), "
         "logging every step to the run store. SIGTERM or Ctrl-C stops after the current step "
-        "with a checkpoint; continue with --resume --run-id ID.",
+        "with a checkpoint; continue with --resume --run-id ID. Several GPUs (DDP): "
+        "accelerate launch --multi_gpu --num_processes N -m alphalora train CONFIG.",
     )
     p.add_argument(
         "config",
@@ -28,7 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="override the number of optimizer steps")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the device")
     p.add_argument("--model", help="override the model (embedded, folder or hub id)")
-    p.add_argument("--task", help="override the task (rotten-tomatoes or a JSONL/CSV path)")
+    p.add_argument(
+        "--task",
+        help="override the task: rotten-tomatoes, a JSONL/CSV path, or a Hugging Face dataset "
+        "as hf:NAME[:CONFIG][?split=…&text=…&label=…] (e.g. hf:nyu-mll/glue:sst2)",
+    )
     p.add_argument("--name", help="override the run name")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
@@ -70,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from alphalora.train import train
 
     config = _config(args)
-    bar = None if args.quiet else tqdm(total=config.steps, unit="step", desc="train")
+    bar = None
+    if not args.quiet and _main_process():
+        bar = tqdm(total=config.steps, unit="step", desc="train")
 
     def progress(fraction: float, message: str) -> None:
         if bar is None:
@@ -84,6 +93,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    code = {"completed": 0, "cancelled": 143}.get(result["status"], 130)
+    if _main_process():
+        _print_result(result)
+    if _world_size() > 1:
+        _leave_launch(code)
+    return code
+
+
+def _print_result(result: dict) -> None:
     print(f"run {result['run_id']}: {result['status']}")
     if result["status"] != "completed":
         print(result.get("message", ""))
@@ -91,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"checkpoint {result['checkpoint']}; continue with: python -m alphalora train "
                 f"--resume --run-id {result['run_id']}"
+                + (" (under the same accelerate launch)" if _world_size() > 1 else "")
             )
-        return 143 if result["status"] == "cancelled" else 130
+        return
     print(f"accuracy before: {_fmt(result.get('accuracy_before'))}")
     print(f"accuracy after:  {_fmt(result.get('accuracy_after'))}")
     print(
@@ -100,7 +119,40 @@ def run(args: argparse.Namespace) -> int:
         f"{result['steps']} steps in {result['seconds']:.1f} s on {result['device']}"
     )
     print(f"adapter: {result['adapter_path']}")
-    return 0
+
+
+def _main_process() -> bool:
+    """Whether this is the process that reports: under ``accelerate launch`` every process
+    runs the command, and only rank 0 (``RANK``, set by the launcher) prints."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _leave_launch(code: int) -> None:
+    """End one process of an ``accelerate launch`` run once its work is done: tear down the
+    process group, flush, and exit without interpreter finalization.
+
+    torch's gloo worker threads can still be releasing the last collective's tensors when the
+    interpreter finalizes; they then cannot take the GIL and the process aborts (SIGABRT,
+    "terminate called without an active exception"), failing a launch whose run completed.
+    DDP keeps the process group alive past ``destroy_process_group``, so its threads cannot be
+    joined first; everything the run wrote is already committed (store, files)."""
+    import logging
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def _fmt(value: float | None) -> str:
