@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from alphalora import __version__
+from alphalora import __version__, spectra
 from alphalora.errors import AlphaLoRAError
 from alphalora.fits import PowerLawFit, fit_many, fit_power_law
 from alphalora.metrics import check_matrix, reliability_warning, spectrum_metrics
@@ -288,17 +288,26 @@ def _spectra_cpu(
     """Eigenvalues on the CPU: independent matrices solved in parallel threads (torch and
     numpy's LAPACK release the GIL), each solver single-threaded. At most ``2·workers``
     matrices, and at most ``budget_bytes`` of solver memory (but always one), are in flight at
-    a time: small matrices run in parallel, a few huge ones one after the other."""
+    a time: small matrices run in parallel, a few huge ones one after the other. A matrix
+    wider than ``spectra.SINGLE_THREAD_MAX_SIDE`` on both sides is solved alone with every
+    core's thread instead (measured 1.5× faster on 2 cores for a 4096-wide Gram matrix)."""
     cpu = torch.device("cpu")
     with cpu_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
         window: deque[tuple[MatrixInfo, Future | None, str | None, int]] = deque()
         held = 0
         for info, w, problem in items:
             size = 0 if w is None else _solve_cost(w)
-            while window and (len(window) >= 2 * workers or held + size > budget_bytes):
+            alone = w is not None and workers > 1 and min(w.shape) > spectra.SINGLE_THREAD_MAX_SIDE
+            while window and (alone or len(window) >= 2 * workers or held + size > budget_bytes):
                 i, f, p, n = window.popleft()
                 held -= n
                 yield i, (f.result() if f else None), p
+            if alone:
+                with cpu_threads(workers):
+                    eigs = eigenvalues(w, dtype=dtype, device=cpu)
+                del w
+                yield info, eigs, problem
+                continue
             fut = None if w is None else pool.submit(eigenvalues, w, dtype=dtype, device=cpu)
             window.append((info, fut, problem, size))
             held += size

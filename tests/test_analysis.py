@@ -222,3 +222,26 @@ def test_screen_is_exact_at_overflow_and_underflow():
         v = w.clone()
         v[3, 4] = bad
         assert _screen(v) == (False, False)
+
+
+def test_wide_matrices_are_solved_alone_with_every_thread(llama_folder, monkeypatch):
+    """Matrices wider than the single-thread limit on both sides wait for the parallel
+    solves to finish and run with all workers' threads; results and order are unchanged."""
+    import alphalora.analysis as analysis_mod
+    from alphalora import spectra
+
+    folder, _ = llama_folder
+    reference = analyze(folder, AnalysisOptions(fit="clauset", workers=1), use_cache=False)
+    monkeypatch.setattr(spectra, "SINGLE_THREAD_MAX_SIDE", 47)  # 48×48 and 96×48 are "wide"
+    seen: list[tuple[int, int]] = []
+    real = analysis_mod.eigenvalues
+
+    def spy(w, **kwargs):
+        seen.append((min(w.shape), torch.get_num_threads()))
+        return real(w, **kwargs)
+
+    monkeypatch.setattr(analysis_mod, "eigenvalues", spy)
+    result = analyze(folder, AnalysisOptions(fit="clauset", workers=2), use_cache=False)
+    assert seen and all(threads == 2 for side, threads in seen if side > 47)
+    assert torch.get_num_threads() == 1  # restored (conftest runs tests single-threaded)
+    pd.testing.assert_frame_equal(result.matrices, reference.matrices)
