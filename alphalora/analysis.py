@@ -306,7 +306,7 @@ def _spectra_cpu(
                 with cpu_threads(workers):
                     eigs = eigenvalues(w, dtype=dtype, device=cpu)
                 del w
-                yield info, eigs, problem
+                yield info, eigs, None
                 continue
             fut = None if w is None else pool.submit(eigenvalues, w, dtype=dtype, device=cpu)
             window.append((info, fut, problem, size))

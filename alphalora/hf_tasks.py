@@ -702,6 +702,11 @@ def _score(
     template = HF_CLASSIFY_TEMPLATE if layout.kind == "classification" else "{prompt}"
     if layout.label_names is not None:
         choices = tuple(_join_continuation("Label:", name) for name in layout.label_names)
+        if scoring == "choice" and len(choices) < 2:
+            raise AlphaLoRAError(
+                f"{label}: scoring 'choice' needs at least two classes; the label column has "
+                f"{len(choices)}."
+            )
         if scoring == "choice" and len(choices) > _MAX_CHOICE_CLASSES:
             raise AlphaLoRAError(
                 f"{label}: scoring 'choice' with {len(choices)} classes is too many candidates; "

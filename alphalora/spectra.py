@@ -163,52 +163,48 @@ def _spectrum_batch(w: torch.Tensor, method: str) -> torch.Tensor:
 _GRAM_CHUNK_BYTES = 64 * 1024**2
 
 
-def _gram_eigenvalues(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Eigenvalues of the smaller Gram matrix of one 2-D ``w``, built at ``dtype`` block by
-    block when converting the whole matrix would cost more than ``_GRAM_CHUNK_BYTES``."""
-    tall = w if w.shape[0] >= w.shape[1] else w.T  # WᵀW of the tall view is the small side
+def _tall_blocks(w: torch.Tensor, dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """The tall view of ``w`` (whose WᵀW is the smaller Gram matrix) converted to ``dtype``:
+    whole, or in row blocks when converting it whole would cost more than
+    ``_GRAM_CHUNK_BYTES``, so that a float32 matrix is never copied whole to float64."""
+    tall = w if w.shape[0] >= w.shape[1] else w.T
     itemsize = torch.empty((), dtype=dtype).element_size()
     if tall.dtype == dtype or tall.numel() * itemsize <= _GRAM_CHUNK_BYTES:
-        return _spectrum_batch(w.to(dtype), "gram")
-    k = tall.shape[1]
-    step = max(1, _GRAM_CHUNK_BYTES // (k * itemsize))
-    gram = torch.zeros((k, k), dtype=dtype, device=w.device)
+        yield tall.to(dtype)
+        return
+    step = max(1, _GRAM_CHUNK_BYTES // (tall.shape[1] * itemsize))
     for start in range(0, tall.shape[0], step):
-        block = tall[start : start + step].to(dtype)
-        gram.addmm_(block.T, block)
+        yield tall[start : start + step].to(dtype)
+
+
+def _gram_eigenvalues(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Eigenvalues of the smaller Gram matrix of one 2-D ``w`` with torch (the GPU path),
+    accumulated over :func:`_tall_blocks`."""
+    gram: torch.Tensor | None = None
+    for block in _tall_blocks(w, dtype):
+        gram = block.T @ block if gram is None else gram.addmm_(block.T, block)
     return torch.clamp(torch.linalg.eigvalsh(gram), min=0.0)
 
 
-def _numpy_block(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """``t`` as a numpy array of ``dtype`` (bfloat16/float16 go through torch's converter)."""
-    return t.to(dtype).numpy()
+def gram_matrix(w: torch.Tensor, dtype: torch.dtype = torch.float64) -> np.ndarray:
+    """The smaller Gram matrix of a CPU tensor ``w`` as a numpy array of ``dtype``: ``a.T @ a``
+    on one buffer is a symmetric rank-k update (half a general product) and releases the
+    GIL; accumulated over :func:`_tall_blocks` (bfloat16/float16 convert through torch)."""
+    gram: np.ndarray | None = None
+    for block in _tall_blocks(w, dtype):
+        a = block.numpy()
+        if gram is None:
+            gram = a.T @ a
+        else:
+            gram += a.T @ a
+    return gram
 
 
 def _gram_eigenvalues_lapack(w: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """CPU eigenvalues of the smaller Gram matrix through numpy: ``a.T @ a`` on one buffer is
-    a symmetric rank-k update (half a general product) and ``eigvalsh`` is LAPACK's
-    tridiagonal reduction, both releasing the GIL so solver threads run in parallel.
-    Measured here 1.6× faster than torch's matmul + eigvalsh on the same matrices; large
-    matrices are accumulated over row blocks exactly like :func:`_gram_eigenvalues`."""
-    m, n = w.shape
-    k = min(m, n)
-    itemsize = 8 if dtype == torch.float64 else 4
-    if w.dtype == dtype or w.numel() * itemsize <= _GRAM_CHUNK_BYTES:
-        a = _numpy_block(w, dtype)
-        gram = a.T @ a if m >= n else a @ a.T
-    else:
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        gram = np.zeros((k, k), dtype=np_dtype)
-        step = max(1, _GRAM_CHUNK_BYTES // (k * itemsize))
-        for start in range(0, max(m, n), step):
-            if m >= n:
-                block = _numpy_block(w[start : start + step], dtype)
-                gram += block.T @ block
-            else:
-                block = _numpy_block(w[:, start : start + step], dtype)
-                gram += block @ block.T
-            del block
-    lam = np.linalg.eigvalsh(gram)
+    """CPU eigenvalues of the smaller Gram matrix: :func:`gram_matrix`, then LAPACK's
+    ``eigvalsh`` through numpy, which also releases the GIL so solver threads run in
+    parallel. Measured here 1.5–1.6× faster than torch's matmul + eigvalsh on the same matrices."""
+    lam = np.linalg.eigvalsh(gram_matrix(w, dtype))
     return np.clip(lam, 0.0, None).astype(np.float64, copy=False)
 
 

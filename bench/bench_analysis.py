@@ -38,12 +38,9 @@ def _eigvalsh_floor(source, names: list[str]) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     from alphalora.analysis import default_workers
-    from alphalora.spectra import cpu_threads
+    from alphalora.spectra import cpu_threads, gram_matrix
 
-    grams = []
-    for name in names:
-        w = source.load(name).double().numpy()
-        grams.append(w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T)
+    grams = [gram_matrix(source.load(name)) for name in names]
     with cpu_threads(1), ThreadPoolExecutor(default_workers()) as pool:
         list(pool.map(np.linalg.eigvalsh, grams[:8]))  # warm-up
         start = time.perf_counter()

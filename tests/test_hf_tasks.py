@@ -473,3 +473,14 @@ def test_fine_tune_page_accepts_a_saved_dataset_folder(tmp_path, tmp_path_factor
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("page-ds: 30 training and 8 held-out" in s.value for s in at.success)
     assert any("evaluation on split 'validation'" in c.value for c in at.caption)
+
+
+def test_choice_scoring_with_a_single_class_is_refused(tmp_path):
+    from alphalora.hf_tasks import load_hf_task
+
+    reviews = _reviews(8)
+    reviews["label"] = [0] * len(reviews["label"])
+    folder = _save(tmp_path / "one", {"train": reviews}, _classlabel_features(names=("only",)))
+    with pytest.raises(AlphaLoRAError, match="needs at least two classes; the label column has 1"):
+        load_hf_task(f"hf:{folder}", scoring="choice")
+    assert load_hf_task(f"hf:{folder}").scoring == "generate"
