@@ -12,8 +12,8 @@ test:
 
 lint:
 	@scripts/bootstrap.sh dev
-	.venv/bin/ruff check alphalora pages app.py ui_common.py tests bench
-	.venv/bin/ruff format --check alphalora pages app.py ui_common.py tests bench
+	.venv/bin/ruff check alphalora pages app.py ui tests bench
+	.venv/bin/ruff format --check alphalora pages app.py ui tests bench
 
 bench-quick:
 	@scripts/bootstrap.sh bench

@@ -8,9 +8,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-from alphalora.analysis import FIT_MODES
-from alphalora.app_state import (
+from alphalora.allocation.presets import paper_preset
+from alphalora.errors import AlphaLoRAError
+from alphalora.plots.figures import layer_alpha_figure
+from alphalora.spectral.analysis import FIT_MODES
+from alphalora.spectral.embedded import EMBEDDED_MODEL
+from ui import common as ui
+from ui.state import (
     DEVICES,
     KIND_CUSTOM,
     KIND_EMBEDDED,
@@ -19,10 +23,6 @@ from alphalora.app_state import (
     ModelChoice,
     custom_choice,
 )
-from alphalora.embedded import EMBEDDED_MODEL
-from alphalora.errors import AlphaLoRAError
-from alphalora.plots import layer_alpha_figure
-from alphalora.presets import paper_preset
 
 OPTIONS = {
     KIND_EMBEDDED: f"Embedded: {EMBEDDED_MODEL.name} (offline, {EMBEDDED_MODEL.n_layers} layers)",

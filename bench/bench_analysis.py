@@ -37,8 +37,8 @@ def _eigvalsh_floor(source, names: list[str]) -> float:
     analysis that no implementation on this CPU avoids."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from alphalora.analysis import default_workers
-    from alphalora.spectra import cpu_threads, gram_matrix
+    from alphalora.spectral.analysis import default_workers
+    from alphalora.spectral.spectra import cpu_threads, gram_matrix
 
     grams = [gram_matrix(source.load(name)) for name in names]
     with cpu_threads(1), ThreadPoolExecutor(default_workers()) as pool:
@@ -57,8 +57,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from alphalora.analysis import AnalysisOptions, analyze
-    from alphalora.sources import export_embedded_hf, open_source
+    from alphalora.spectral.analysis import AnalysisOptions, analyze
+    from alphalora.spectral.sources import export_embedded_hf, open_source
 
     folder = export_embedded_hf()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

@@ -39,15 +39,15 @@ def _stats(samples_s: list[float]) -> dict[str, float]:
 def layer_alphas(paper: bool) -> tuple[str, list[float], dict]:
     """The alphas the page would allocate from, and the adapter module shapes."""
     if paper:
-        from alphalora.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES
+        from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES
 
         return (
             "Llama-2-7B (published alphas)",
             list(LLAMA2_7B_LAYER_ALPHAS),
             LLAMA2_7B_MODULE_SHAPES,
         )
-    from alphalora.analysis import AnalysisOptions, analyze
-    from alphalora.app_state import module_shapes_from_matrices
+    from alphalora.spectral.analysis import AnalysisOptions, analyze
+    from ui.state import module_shapes_from_matrices
 
     t = time.perf_counter()
     result = analyze("embedded", AnalysisOptions())
@@ -64,13 +64,13 @@ def bench_pure(alphas: list[float], betas: list[float], shapes: dict) -> dict[st
     """Time each step of the page's slider work, per β value."""
     import plotly.io as pio
 
-    from alphalora.app_state import (
+    from alphalora.plots.figures import allocation_figure
+    from ui.state import (
         MODE_DEFAULT,
         build_allocation,
         comparison_allocations,
         parameters_table,
     )
-    from alphalora.plots import allocation_figure
 
     n = len(alphas)
     budget = 5 * n

@@ -23,10 +23,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from alphalora.finetune.config import TrainConfig  # noqa: E402
+from alphalora.finetune.train import train  # noqa: E402
 from alphalora.paths import atomic_write_json  # noqa: E402
-from alphalora.runs import RunStore  # noqa: E402
-from alphalora.train import train  # noqa: E402
-from alphalora.train_config import TrainConfig  # noqa: E402
+from alphalora.store.runs import RunStore  # noqa: E402
 
 ALLOCATIONS = {
     "alphalora": lambda budget, beta: {"method": "alphalora", "budget": budget, "beta": beta},
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _n_layers(model: str) -> int:
     from transformers import AutoConfig
 
-    from alphalora.train import resolve_model_path
+    from alphalora.finetune.train import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(model))
     return int(config.num_hidden_layers)

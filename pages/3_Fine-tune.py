@@ -7,17 +7,17 @@ import re
 
 import streamlit as st
 
-import ui_common as ui
-from alphalora import jobs
-from alphalora.allocation import alphalora_allocation
-from alphalora.app_state import MOLA_SHAPES, allocation_spec, check_layers, latest_router_load
-from alphalora.data import ROTTEN_TOMATOES, load_task
+from alphalora.allocation.rules import alphalora_allocation
 from alphalora.errors import AlphaLoRAError
-from alphalora.hf_tasks import HF_PREFIX, canonical_hf_spec
+from alphalora.finetune.config import DEVICES, load_config
+from alphalora.finetune.data import ROTTEN_TOMATOES, load_task
+from alphalora.finetune.hf_tasks import HF_PREFIX, canonical_hf_spec
 from alphalora.paths import atomic_write_bytes, subdir
-from alphalora.plots import metric_curves_figure, router_load_figure
-from alphalora.runs import ACTIVE_STATUSES, RunStore
-from alphalora.train_config import DEVICES, load_config
+from alphalora.plots.figures import metric_curves_figure, router_load_figure
+from alphalora.runs import jobs
+from alphalora.store.runs import ACTIVE_STATUSES, RunStore
+from ui import common as ui
+from ui.state import MOLA_SHAPES, allocation_spec, check_layers, latest_router_load
 
 ui.page_setup("Fine-tune", ":material/rocket_launch:")
 st.title("Fine-tune")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_common as ui
-from alphalora import jobs
-from alphalora.app_state import runs_comparison_table
 from alphalora.errors import AlphaLoRAError
-from alphalora.plots import metric_curves_figure, run_comparison_figure
-from alphalora.runs import ACTIVE_STATUSES, STATUSES, RunStore
+from alphalora.plots.figures import metric_curves_figure, run_comparison_figure
+from alphalora.runs import jobs
+from alphalora.store.runs import ACTIVE_STATUSES, STATUSES, RunStore
+from ui import common as ui
+from ui.state import runs_comparison_table
 
 ui.page_setup("Runs", ":material/history:")
 st.title("Runs")

@@ -6,9 +6,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-from alphalora.allocation import alphalora_allocation, uniform
-from alphalora.app_state import (
+from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS
+from alphalora.allocation.rules import alphalora_allocation, uniform
+from alphalora.plots.figures import allocation_figure, esd_figure, ks_scan_figure, line_figure
+from alphalora.spectral.fits import fit_power_law
+from ui import common as ui
+from ui.state import (
     allocation_table,
     best_xmin,
     beta_sweep,
@@ -19,9 +22,6 @@ from alphalora.app_state import (
     random_matrix,
     trained_matrix,
 )
-from alphalora.fits import fit_power_law
-from alphalora.plots import allocation_figure, esd_figure, ks_scan_figure, line_figure
-from alphalora.presets import LLAMA2_7B_LAYER_ALPHAS
 
 ui.page_setup("Learn", ":material/school:")
 st.title("Learn")

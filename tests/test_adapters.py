@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from alphalora.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, _sha256
 from alphalora.errors import AlphaLoRAError
-from alphalora.moe import (
+from alphalora.finetune.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, _sha256
+from alphalora.finetune.moe import (
     inject_moe_lora,
     load_adapter,
     moe_modules,

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphalora import allocation as al
+from alphalora.allocation import rules as al
+from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS
 from alphalora.cli import main
-from alphalora.presets import LLAMA2_7B_LAYER_ALPHAS
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphalora import allocation as al
-from alphalora.errors import AlphaLoRAError
-from alphalora.presets import (
+from alphalora.allocation import rules as al
+from alphalora.allocation.presets import (
     LLAMA2_7B_LAYER_ALPHAS,
     LLAMA2_7B_MODULE_SHAPES,
     MISTRAL_7B_MODULE_SHAPES,
@@ -19,6 +18,7 @@ from alphalora.presets import (
     get_preset,
     paper_preset,
 )
+from alphalora.errors import AlphaLoRAError
 
 MISTRAL = "1,3,5,4,4,5,4,4,3,3,2,2,2,2,3,4,9,4,8,7,8,7,8,7,9,8,6,10,6,7,3,2"
 

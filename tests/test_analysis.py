@@ -11,9 +11,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from alphalora.analysis import AnalysisOptions, analyze, export_table, layer_alphas, layer_table
 from alphalora.errors import AlphaLoRAError
-from alphalora.fits import fit_power_law
+from alphalora.spectral.analysis import (
+    AnalysisOptions,
+    analyze,
+    export_table,
+    layer_alphas,
+    layer_table,
+)
+from alphalora.spectral.fits import fit_power_law
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -211,7 +217,7 @@ def test_embedded_model_analysis():
 def test_screen_is_exact_at_overflow_and_underflow():
     """The one-pass norm screen falls back to element checks where float32 norms overflow
     (huge finite weights) or underflow (tiny nonzero weights), so neither is misflagged."""
-    from alphalora.analysis import _screen
+    from alphalora.spectral.analysis import _screen
 
     w = torch.randn(20, 30, generator=torch.Generator().manual_seed(0))
     assert _screen(w) == (True, False)
@@ -227,8 +233,8 @@ def test_screen_is_exact_at_overflow_and_underflow():
 def test_wide_matrices_are_solved_alone_with_every_thread(llama_folder, monkeypatch):
     """Matrices wider than the single-thread limit on both sides wait for the parallel
     solves to finish and run with all workers' threads; results and order are unchanged."""
-    import alphalora.analysis as analysis_mod
-    from alphalora import spectra
+    import alphalora.spectral.analysis as analysis_mod
+    from alphalora.spectral import spectra
 
     folder, _ = llama_folder
     reference = analyze(folder, AnalysisOptions(fit="clauset", workers=1), use_cache=False)

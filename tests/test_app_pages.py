@@ -18,13 +18,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # pages import ui_common from the app folder
+if str(ROOT) not in sys.path:  # pages import ui.common from the app folder
     sys.path.insert(0, str(ROOT))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from alphalora.allocation import alphalora_allocation, alphalora_official, trainable_parameters  # noqa: E402
-from alphalora.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES  # noqa: E402
+from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES  # noqa: E402
+from alphalora.allocation.rules import (  # noqa: E402
+    alphalora_allocation,
+    alphalora_official,
+    trainable_parameters,
+)
 
 APP = ROOT / "app.py"
 TIMEOUT = 240  # the first analysis in a process may have to open the GGUF (seconds)
@@ -41,7 +45,7 @@ def seeded_app_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     old = os.environ.get("ALPHALORA_HOME")
     os.environ["ALPHALORA_HOME"] = str(home)
     try:
-        from alphalora.analysis import AnalysisOptions, analyze
+        from alphalora.spectral.analysis import AnalysisOptions, analyze
 
         analyze("embedded", AnalysisOptions(fit="hill-peak", device="auto"))
     finally:
@@ -287,7 +291,7 @@ def test_allocation_export_import_and_use_for_fine_tune():
 
 def _fake_run(store, tmp_path, name: str, status: str, acc: tuple[float, float] | None) -> str:
     """A run recorded the way the trainer records one (metrics, summary, adapter folder)."""
-    from alphalora.runs import run_dir
+    from alphalora.store.runs import run_dir
 
     run_id = store.create_run(
         {
@@ -325,8 +329,8 @@ def _fake_run(store, tmp_path, name: str, status: str, acc: tuple[float, float] 
 
 
 def test_runs_page_lists_filters_compares_and_offers_adapters(tmp_path):
-    import ui_common
-    from alphalora.runs import RunStore
+    import ui.common
+    from alphalora.store.runs import RunStore
 
     at = _app().switch_page("pages/4_Runs.py").run()
     _clean(at)
@@ -348,7 +352,7 @@ def test_runs_page_lists_filters_compares_and_offers_adapters(tmp_path):
     assert labels.count("Download adapter (zip)") == 2
     # The adapter zip holds the adapter folder.
     folder = Path(store.get_run(good)["adapter_path"])
-    with zipfile.ZipFile(io.BytesIO(ui_common.zip_folder(folder))) as zf:
+    with zipfile.ZipFile(io.BytesIO(ui.common.zip_folder(folder))) as zf:
         assert zf.namelist() == ["adapter/adapter_config.json"]
     # Filters.
     at.selectbox(key="runs_status").set_value("failed").run()
@@ -420,7 +424,7 @@ def test_fine_tune_bad_upload_shows_an_error():
 def test_fine_tune_launches_a_tiny_run_and_watches_it(tmp_path):
     from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
-    from alphalora.runs import RunStore
+    from alphalora.store.runs import RunStore
 
     model = save_tiny_model(tmp_path / "tiny-model")
     task = write_jsonl(tmp_path / "reviews.jsonl", toy_reviews(60))
@@ -474,8 +478,8 @@ def test_fine_tune_launches_a_tiny_run_and_watches_it(tmp_path):
 def test_fine_tune_offers_ddp_launch_only_with_several_gpus(monkeypatch):
     """With one GPU or none there is no process count; with several, the chosen count reaches
     the job launcher (accelerate launch, one process per GPU)."""
-    import alphalora.jobs as jobs
-    import ui_common
+    import alphalora.runs.jobs as jobs
+    import ui.common
 
     at = _app().switch_page("pages/3_Fine-tune.py").run()
     _clean(at)
@@ -487,7 +491,7 @@ def test_fine_tune_offers_ddp_launch_only_with_several_gpus(monkeypatch):
         calls.append(kwargs)
         return f"run-{len(calls)}"
 
-    monkeypatch.setattr(ui_common, "cuda_device_count", lambda: 4)
+    monkeypatch.setattr(ui.common, "cuda_device_count", lambda: 4)
     monkeypatch.setattr(jobs, "start_run", fake_start_run)
     at.run()
     _clean(at)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphalora import app_state as S
-from alphalora.allocation import (
+from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES
+from alphalora.allocation.rules import (
     Allocation,
     alphalora_allocation,
     alphalora_official,
@@ -17,8 +17,8 @@ from alphalora.allocation import (
     trainable_parameters,
 )
 from alphalora.errors import AlphaLoRAError
-from alphalora.fits import fit_power_law
-from alphalora.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES
+from alphalora.spectral.fits import fit_power_law
+from ui import state as S
 
 ALPHAS = [2.1, 3.5, 4.0, 2.8, 5.2, 3.3, 2.9, 4.4]
 

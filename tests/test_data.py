@@ -1,4 +1,4 @@
-"""Tasks, user data files, tokenisation/label masking and scoring (alphalora.data)."""
+"""Tasks, user data files, tokenisation/label masking and scoring (alphalora.finetune.data)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from train_helpers import RuleLM, make_tiny_llama, make_tokenizer, toy_reviews, write_jsonl
 
-from alphalora import data
-from alphalora.data import IGNORE_INDEX, Example
 from alphalora.errors import AlphaLoRAError
+from alphalora.finetune import data
+from alphalora.finetune.data import IGNORE_INDEX, Example
 
 # --------------------------------------------------------------------------- shipped task
 

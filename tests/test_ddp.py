@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
-from alphalora import jobs
 from alphalora.errors import AlphaLoRAError
-from alphalora.runs import RunStore, run_dir
-from alphalora.train import latest_checkpoint, list_checkpoints, train
+from alphalora.finetune.train import latest_checkpoint, list_checkpoints, train
+from alphalora.runs import jobs
+from alphalora.store.runs import RunStore, run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240
@@ -121,8 +121,8 @@ def test_the_job_launcher_for_several_processes_is_accelerate_launch():
 def test_two_processes_make_one_run_that_a_single_process_confirms(straight, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alphalora.data import evaluate, load_task
-    from alphalora.moe import load_adapter
+    from alphalora.finetune.data import evaluate, load_task
+    from alphalora.finetune.moe import load_adapter
 
     out = straight["proc"].stdout + straight["proc"].stderr
     assert straight["proc"].stdout.count(": completed") == 1  # only rank 0 reports

@@ -9,10 +9,15 @@ from collections import Counter
 import pytest
 import torch
 
-from alphalora import embedded
-from alphalora.embedded import EMBEDDED_MODEL, embedded_gguf_path, resolve_embedded
 from alphalora.errors import AlphaLoRAError
-from alphalora.sources import EMBEDDED_REF, SafetensorsSource, export_embedded_hf, open_source
+from alphalora.spectral import embedded
+from alphalora.spectral.embedded import EMBEDDED_MODEL, embedded_gguf_path, resolve_embedded
+from alphalora.spectral.sources import (
+    EMBEDDED_REF,
+    SafetensorsSource,
+    export_embedded_hf,
+    open_source,
+)
 
 LLAMA_KINDS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 

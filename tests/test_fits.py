@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.fits import (
+from alphalora.spectral.fits import (
     MODES,
     PowerLawFit,
     fit_clauset,
@@ -92,7 +92,7 @@ def test_clauset_pruning_is_exact(name):
 
 @pytest.mark.parametrize("clauset", [True, False])
 def test_lower_bound_never_exceeds_exact_d(clauset):
-    from alphalora import fits
+    from alphalora.spectral import fits
 
     for name in ("t25_200x150", "ties_rounded", "pareto_1500", "gauss_300x300"):
         x = np.sort(DATA[name][DATA[name] > 0])
@@ -129,7 +129,7 @@ class _FakeProblem:
 
 
 def test_pruned_scan_keeps_the_first_of_tied_minima():
-    from alphalora import fits
+    from alphalora.spectral import fits
 
     rng = np.random.default_rng(3)
     for _ in range(20):
@@ -423,7 +423,7 @@ def test_numpy_batch_equals_single_clauset():
 def test_numpy_batch_in_small_blocks(monkeypatch, mode):
     """Tiny work blocks (many row stacks, many pair blocks, chunked sharpening) and a first
     round of one candidate per row change the work, never the fits."""
-    from alphalora import fits
+    from alphalora.spectral import fits
 
     spectra = _batch_spectra()
     ref = fit_many(spectra, mode, device="cpu", engine="numpy")
@@ -465,7 +465,7 @@ class _FakeRows:
 
 
 def test_batched_scan_keeps_the_first_of_tied_minima():
-    from alphalora import fits
+    from alphalora.spectral import fits
 
     rng = np.random.default_rng(4)
     d = rng.choice([0.2, 0.25, 0.3, 0.5, 0.9], size=(30, 150))
@@ -483,7 +483,7 @@ def test_batched_scan_keeps_the_first_of_tied_minima():
 
 def test_row_histograms_equal_numpy_histogram():
     """Values exactly on bin edges (where a width-based guess goes wrong), ties, equal logs."""
-    from alphalora import fits
+    from alphalora.spectral import fits
 
     rng = np.random.default_rng(9)
     rows = []
@@ -507,7 +507,7 @@ def test_row_histograms_equal_numpy_histogram():
 @pytest.mark.parametrize("mode", ["hill-peak", "clauset"])
 def test_numpy_batch_values_on_the_window_bounds(mode):
     """Eigenvalues exactly at 0.95·peak and 1.5·peak are candidates, batched as single."""
-    from alphalora import fits
+    from alphalora.spectral import fits
 
     rng = np.random.default_rng(12)
     spectra = []

@@ -1,4 +1,4 @@
-"""Hugging Face datasets as tasks (alphalora.hf_tasks): spec parsing, layouts, splits, caps,
+"""Hugging Face datasets as tasks (alphalora.finetune.hf_tasks): spec parsing, layouts, splits, caps,
 errors, the Fine-tune page option and a short training run. Offline; data built locally."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from alphalora import data, hf_tasks
 from alphalora.errors import AlphaLoRAError
-from alphalora.hf_tasks import HFSpec, format_hf_spec, load_hf_task, parse_hf_spec
+from alphalora.finetune import data, hf_tasks
+from alphalora.finetune.hf_tasks import HFSpec, format_hf_spec, load_hf_task, parse_hf_spec
 
 
 @pytest.fixture(autouse=True)
@@ -407,7 +407,7 @@ def test_importing_the_package_does_not_import_datasets():
     import subprocess
     import sys
 
-    code = "import alphalora.data, alphalora.hf_tasks, sys; print('datasets' in sys.modules)"
+    code = "import alphalora.finetune.data, alphalora.finetune.hf_tasks, sys; print('datasets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -418,8 +418,8 @@ def test_importing_the_package_does_not_import_datasets():
 def test_a_saved_dataset_trains_end_to_end(tmp_path):
     from train_helpers import save_tiny_model, toy_reviews
 
-    from alphalora.runs import RunStore
-    from alphalora.train import train
+    from alphalora.finetune.train import train
+    from alphalora.store.runs import RunStore
 
     rows = toy_reviews(40)
     folder = _save(
@@ -476,7 +476,7 @@ def test_fine_tune_page_accepts_a_saved_dataset_folder(tmp_path, tmp_path_factor
 
 
 def test_choice_scoring_with_a_single_class_is_refused(tmp_path):
-    from alphalora.hf_tasks import load_hf_task
+    from alphalora.finetune.hf_tasks import load_hf_task
 
     reviews = _reviews(8)
     reviews["label"] = [0] * len(reviews["label"])

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from alphalora import jobs
 from alphalora.cli import main
 from alphalora.errors import AlphaLoRAError
-from alphalora.runs import RunStore, run_dir
+from alphalora.runs import jobs
+from alphalora.store.runs import RunStore, run_dir
 
 # A stand-in for `python -m alphalora train CONFIG --run-id ID [--resume]`: it records its argv,
 # marks itself running, logs one metric every 0.2 s, and on SIGTERM marks itself cancelled
@@ -26,7 +26,7 @@ FAKE_WORKER = textwrap.dedent(
     """
     import json, os, signal, sys, time
     from pathlib import Path
-    from alphalora.runs import RunStore, now_iso
+    from alphalora.store.runs import RunStore, now_iso
 
     args = sys.argv[1:]
     config_path = Path(args[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alphalora.naming import (
+from alphalora.spectral.naming import (
     BLOCK_KINDS,
     canonical_family,
     detect_family,

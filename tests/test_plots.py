@@ -7,9 +7,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from alphalora import plots
-from alphalora.app_state import esd, random_matrix
-from alphalora.fits import fit_power_law
+from alphalora.plots import figures as plots
+from alphalora.spectral.fits import fit_power_law
+from ui.state import esd, random_matrix
 
 
 def _layers(n: int = 6) -> pd.DataFrame:

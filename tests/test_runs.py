@@ -15,7 +15,7 @@ import pytest
 
 from alphalora.cli import main
 from alphalora.errors import AlphaLoRAError
-from alphalora.runs import LIST_COLUMNS, SCHEMA_VERSION, STATUSES, RunStore, run_dir
+from alphalora.store.runs import LIST_COLUMNS, SCHEMA_VERSION, STATUSES, RunStore, run_dir
 
 CONFIG = {
     "model": "tiny-llama",

@@ -23,8 +23,8 @@ from tiny_models import (
 )
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.naming import canonical_family
-from alphalora.sources import (
+from alphalora.spectral.naming import canonical_family
+from alphalora.spectral.sources import (
     MatrixInfo,
     ModelSource,
     PickleSource,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.fits import fit_clauset, fit_hill_peak
-from alphalora.spectra import eigenvalues, eigenvalues_batched, resolve_device
+from alphalora.spectral.fits import fit_clauset, fit_hill_peak
+from alphalora.spectral.spectra import eigenvalues, eigenvalues_batched, resolve_device
 
 SHAPES = [(64, 32), (32, 64), (96, 96), (200, 48), (48, 200)]
 
@@ -65,7 +65,7 @@ def test_batched_equals_one_by_one_in_input_order():
 
 
 def test_batched_chunks_large_groups(monkeypatch):
-    import alphalora.spectra as spectra
+    import alphalora.spectral.spectra as spectra
 
     monkeypatch.setattr(spectra, "_BATCH_BYTES", 1)  # forces one matrix per batch
     mats = [_matrix((40, 20), s) for s in range(5)]
@@ -160,7 +160,7 @@ def test_cuda_equals_cpu(dtype):
 def test_blockwise_gram_matches_whole_matrix(monkeypatch):
     """Large float32 matrices build their float64 Gram block by block (bounded memory):
     same eigenvalues as converting the whole matrix, for tall and wide shapes."""
-    import alphalora.spectra as spectra_mod
+    import alphalora.spectral.spectra as spectra_mod
 
     w = torch.randn(1500, 300, generator=torch.Generator().manual_seed(3))
     whole = spectra_mod.eigenvalues(w.double())
@@ -176,7 +176,7 @@ def test_blockwise_gram_matches_whole_matrix(monkeypatch):
 def test_lapack_cpu_path_equals_torch_path(shape, dtype):
     """The CPU solver (numpy's syrk + eigvalsh) and the torch solver used on GPUs give the
     same spectrum, for tall, wide and square matrices and bfloat16 inputs."""
-    import alphalora.spectra as spectra_mod
+    import alphalora.spectral.spectra as spectra_mod
 
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
     for inp in (w, w.to(torch.bfloat16)):
@@ -188,7 +188,7 @@ def test_lapack_cpu_path_equals_torch_path(shape, dtype):
 
 
 def test_cpu_threads_sets_and_restores_both_pools():
-    import alphalora.spectra as spectra_mod
+    import alphalora.spectral.spectra as spectra_mod
 
     libs = spectra_mod._blas_libraries()
     assert libs, "numpy's BLAS should be visible to threadpoolctl"

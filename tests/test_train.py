@@ -18,9 +18,9 @@ from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
 from alphalora import paths
 from alphalora.errors import AlphaLoRAError
-from alphalora.runs import RunStore, run_dir
-from alphalora.train import batch_indices, latest_checkpoint, list_checkpoints, train
-from alphalora.train_config import TrainConfig, load_config, preset_names
+from alphalora.finetune.config import TrainConfig, load_config, preset_names
+from alphalora.finetune.train import batch_indices, latest_checkpoint, list_checkpoints, train
+from alphalora.store.runs import RunStore, run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,8 +123,8 @@ def test_batch_order_is_seeded_covers_each_epoch_and_shards_processes():
 def test_short_run_logs_every_metric_and_saves_a_loadable_adapter(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alphalora.data import evaluate, load_task
-    from alphalora.moe import load_adapter
+    from alphalora.finetune.data import evaluate, load_task
+    from alphalora.finetune.moe import load_adapter
 
     store = RunStore()
     seen: list[tuple[float, str]] = []
@@ -279,7 +279,7 @@ def test_unwritable_run_folder_is_reported_before_any_work(tiny):
 
 
 def test_out_of_memory_becomes_an_actionable_message(tiny, monkeypatch):
-    from alphalora import train as train_module
+    from alphalora.finetune import train as train_module
 
     def boom(self):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
@@ -357,7 +357,7 @@ def test_killed_trainer_process_keeps_its_metrics_and_resumes(tiny, sig):
 
 @pytest.mark.slow
 def test_two_steps_on_the_embedded_model():
-    from alphalora.embedded import embedded_gguf_path
+    from alphalora.spectral.embedded import embedded_gguf_path
 
     try:
         embedded_gguf_path()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alphalora import allocation as alloc
+from alphalora.allocation import rules as alloc
 from alphalora.errors import AlphaLoRAError
 from alphalora.paths import atomic_write_text
 
@@ -192,7 +192,7 @@ def _read_config_shapes(spec: str) -> dict[str, tuple[int, int]]:
 
 def _build(args: argparse.Namespace) -> tuple[alloc.Allocation, dict | None]:
     """The allocation the arguments ask for, and module shapes if known (for counts)."""
-    from alphalora.presets import get_preset
+    from alphalora.allocation.presets import get_preset
 
     alphas: list[float] | None = None
     shapes = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from alphalora.analysis import FIT_MODES, AnalysisOptions, analyze, export_table
+from alphalora.spectral.analysis import FIT_MODES, AnalysisOptions, analyze, export_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

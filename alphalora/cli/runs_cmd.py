@@ -7,8 +7,9 @@ import json
 import math
 from typing import Any
 
-from alphalora import jobs, paths
-from alphalora.runs import STATUSES, RunStore, run_summary_row
+from alphalora import paths
+from alphalora.runs import jobs
+from alphalora.store.runs import STATUSES, RunStore, run_summary_row
 
 LIST_SHOWN = (
     "run_id",

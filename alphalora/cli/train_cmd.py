@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from alphalora.train_config import load_config
+    from alphalora.finetune.config import load_config
 
     overrides = {
         key: value
@@ -61,7 +61,7 @@ def _config(args: argparse.Namespace):
                 "Give a CONFIG (a JSON file or a preset name such as demo-cpu), or --run-id ID "
                 "to start a queued run (or --resume one) with the config stored in the run."
             )
-        from alphalora.runs import RunStore
+        from alphalora.store.runs import RunStore
 
         stored = RunStore().get_run(args.run_id)["config"]
         config = load_config(stored)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     """Train with a tqdm bar; print accuracy before/after and where the adapter is."""
     from tqdm import tqdm
 
-    from alphalora.train import train
+    from alphalora.finetune.train import train
 
     config = _config(args)
     bar = None

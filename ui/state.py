@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphalora.allocation import (
+from alphalora.allocation.rules import (
     LLAMA_TARGETS,
     METHOD_OFFICIAL,
     Allocation,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from alphalora import __version__
 from alphalora.errors import AlphaLoRAError
-from alphalora.moe_inject import (
+from alphalora.finetune.moe_inject import (
     inject_moe_lora,
     injection_state,
     model_family,

@@ -36,7 +36,7 @@ ALLOCATION_SPEC_KEYS = {
 }
 EXPLICIT_KEYS = {"experts", "top_k"}
 DEFAULT_EXPERTS_PER_LAYER = 5  # the papers' 160 experts over 32 layers
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _is_int(value: Any) -> bool:

@@ -17,7 +17,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.moe_layer import MoELoRALinear
+from alphalora.finetune.moe_layer import MoELoRALinear
 
 #: Default target module names per model family.
 FAMILY_TARGETS: dict[str, tuple[str, ...]] = {

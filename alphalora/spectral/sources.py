@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from alphalora.embedded import (
+from alphalora.errors import AlphaLoRAError
+from alphalora.spectral.embedded import (
     EMBEDDED_REF,
     embedded_gguf_path,
     export_embedded_hf,
     resolve_embedded,
 )
-from alphalora.errors import AlphaLoRAError
-from alphalora.naming import detect_family, is_conv1d, parse_name
+from alphalora.spectral.naming import detect_family, is_conv1d, parse_name
 
 __all__ = [
     "EMBEDDED_REF",
@@ -458,9 +458,9 @@ class PickleSource(ModelSource):
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy attribute: ``GGUFSource`` lives in :mod:`alphalora.gguf_source` (imports gguf)."""
+    """Lazy attribute: ``GGUFSource`` lives in :mod:`alphalora.spectral.gguf_source` (imports gguf)."""
     if name == "GGUFSource":
-        from alphalora.gguf_source import GGUFSource
+        from alphalora.spectral.gguf_source import GGUFSource
 
         return GGUFSource
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -489,7 +489,7 @@ def open_source(
         raise AlphaLoRAError("No model given. Pass a folder, a file, a hub id or 'embedded'.")
     if text == EMBEDDED_REF or text.startswith(EMBEDDED_REF + ":"):
         spec = resolve_embedded(text)
-        from alphalora.gguf_source import GGUFSource
+        from alphalora.spectral.gguf_source import GGUFSource
 
         source: ModelSource = GGUFSource(text, embedded_gguf_path(spec), display_name=spec.name)
     else:
@@ -536,7 +536,7 @@ def _open_path(ref: str, path: Path, *, allow_pickle: bool, from_hub: bool = Fal
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".gguf":
-            from alphalora.gguf_source import GGUFSource
+            from alphalora.spectral.gguf_source import GGUFSource
 
             return GGUFSource(ref, path)
         config = _sibling_config(path)
@@ -555,7 +555,7 @@ def _open_path(ref: str, path: Path, *, allow_pickle: bool, from_hub: bool = Fal
         return SafetensorsSource(ref, path, shards, config)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
-        from alphalora.gguf_source import GGUFSource
+        from alphalora.spectral.gguf_source import GGUFSource
 
         return GGUFSource(ref, ggufs[0])
     if len(ggufs) > 1:

@@ -20,7 +20,7 @@ from pathlib import Path
 import alphalora
 from alphalora import paths
 from alphalora.errors import AlphaLoRAError
-from alphalora.runs import (
+from alphalora.store.runs import (
     ACTIVE_STATUSES,
     DB_ENV_VAR,
     RunStore,

@@ -33,7 +33,7 @@ ACTIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("completed", "failed", "cancelled", "interrupted")
 
 DB_ENV_VAR = "ALPHALORA_RUNS_DB"
-"""Environment override for the store's file; :func:`alphalora.jobs.start_run` sets it for the
+"""Environment override for the store's file; :func:`alphalora.runs.jobs.start_run` sets it for the
 processes it spawns so that they write to the same store as their parent."""
 
 SCHEMA_VERSION = 1

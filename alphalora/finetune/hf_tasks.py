@@ -3,7 +3,7 @@
 NAME is a hub id (``nyu-mll/glue``), a folder written by ``save_to_disk`` or a folder of
 parquet/CSV/JSON files. Rows become prompt → answer examples in one of three layouts
 (prompt/answer, question/choices/answer, or a text column plus a label column), reusing the
-example builders of :mod:`alphalora.data`. ``datasets`` is imported only when a task is loaded.
+example builders of :mod:`alphalora.finetune.data`. ``datasets`` is imported only when a task is loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from alphalora.data import (
+from alphalora.errors import AlphaLoRAError
+from alphalora.finetune.data import (
     AUTO_CHOICE_MAX_LABELS,
     MC_TEMPLATE,
     SCORING_MODES,
@@ -33,7 +34,6 @@ from alphalora.data import (
     _multiple_choice_example,
     _seeded_split,
 )
-from alphalora.errors import AlphaLoRAError
 
 HF_PREFIX = "hf:"
 HF_MAX_TRAIN = 20_000

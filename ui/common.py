@@ -16,12 +16,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from alphalora.allocation import Allocation
-from alphalora.analysis import AnalysisOptions, AnalysisResult, analyze
-from alphalora.app_state import KIND_EMBEDDED, ModelChoice, module_shapes_from_matrices
+from alphalora.allocation.presets import paper_preset
+from alphalora.allocation.rules import Allocation
 from alphalora.errors import AlphaLoRAError
 from alphalora.paths import data_dir
-from alphalora.presets import paper_preset
+from alphalora.spectral.analysis import AnalysisOptions, AnalysisResult, analyze
+from ui.state import KIND_EMBEDDED, ModelChoice, module_shapes_from_matrices
 
 MODEL_KEY = "alphalora_model"  # the committed ModelChoice
 ALLOCATION_KEY = "alphalora_allocation"  # Allocation.to_dict() chosen "for fine-tune"

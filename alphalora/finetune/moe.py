@@ -6,8 +6,8 @@ Typical training step (what the trainer calls)::
     aux = load_balancing_loss(model, attention_mask=mask)   # after the forward, same batch
     (out.loss + 0.001 * aux).backward()
 
-The layer lives in :mod:`alphalora.moe_layer`, injection in :mod:`alphalora.moe_inject`, files
-in :mod:`alphalora.adapters`; this module adds the model-level routing statistics.
+The layer lives in :mod:`alphalora.finetune.moe_layer`, injection in :mod:`alphalora.finetune.moe_inject`, files
+in :mod:`alphalora.finetune.adapters`; this module adds the model-level routing statistics.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from collections import defaultdict
 import torch
 from torch import Tensor, nn
 
-from alphalora.adapters import (
+from alphalora.errors import AlphaLoRAError
+from alphalora.finetune.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     load_adapter,
     read_adapter_config,
     save_adapter,
 )
-from alphalora.errors import AlphaLoRAError
-from alphalora.moe_inject import (
+from alphalora.finetune.moe_inject import (
     FAMILY_TARGETS,
     InjectionState,
     inject_moe_lora,
@@ -37,7 +37,7 @@ from alphalora.moe_inject import (
     resolve_targets,
     trainable_parameter_count,
 )
-from alphalora.moe_layer import MoELoRALinear, assignment_share, route, switch_balance_loss
+from alphalora.finetune.moe_layer import MoELoRALinear, assignment_share, route, switch_balance_loss
 
 #: Coefficient the trainer multiplies the balancing loss by (METHOD.md §5).
 AUX_LOSS_COEF = 0.001

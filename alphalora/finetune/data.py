@@ -462,10 +462,10 @@ def load_user_task(
 
 def load_task(spec: str | Path, *, scoring: str = "auto") -> Task:
     """A shipped task by name (``rotten-tomatoes``), a user JSONL/CSV file by path, or a
-    Hugging Face dataset as ``hf:NAME[:CONFIG][?options]`` (see :mod:`alphalora.hf_tasks`)."""
+    Hugging Face dataset as ``hf:NAME[:CONFIG][?options]`` (see :mod:`alphalora.finetune.hf_tasks`)."""
     text = str(spec).strip()
     if text.startswith("hf:"):
-        from alphalora.hf_tasks import load_hf_task
+        from alphalora.finetune.hf_tasks import load_hf_task
 
         return load_hf_task(text, scoring=scoring)
     if text in SHIPPED_TASKS:

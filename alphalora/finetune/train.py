@@ -5,7 +5,7 @@ trains with AdamW + linear warmup/decay, logs every step to the run store, evalu
 ``eval_every`` steps and at the end, checkpoints the adapter and optimizer state atomically
 (never the frozen base), and saves the adapter. A SIGTERM or Ctrl-C stops it cleanly after the
 current step with a checkpoint; ``resume=True`` continues to the same result as an
-uninterrupted run. Runnable as ``python -m alphalora.train CONFIG``, and unchanged under
+uninterrupted run. Runnable as ``python -m alphalora.finetune.train CONFIG``, and unchanged under
 ``accelerate launch`` with several processes (DDP): each process takes its own ``batch_size``
 examples per micro-step (the global batch grows with the process count) and scores its own shard
 of the evaluation; only the main one writes the run store, checkpoints and adapter; every
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.train_config import DEFAULT_EXPERTS_PER_LAYER, TrainConfig, load_config
+from alphalora.finetune.config import DEFAULT_EXPERTS_PER_LAYER, TrainConfig, load_config
 
 Progress = Callable[[float, str], None]
 
@@ -112,7 +112,7 @@ def config_fingerprint(config: TrainConfig) -> str:
 
 
 def _is_embedded(ref: str) -> bool:
-    from alphalora.embedded import EMBEDDED_REF
+    from alphalora.spectral.embedded import EMBEDDED_REF
 
     return ref == EMBEDDED_REF or ref.startswith(EMBEDDED_REF + ":")
 
@@ -121,7 +121,7 @@ def resolve_model_path(ref: str, progress: Progress | None = None) -> str:
     """A local folder (or hub id) that ``from_pretrained`` can load: the embedded model is
     exported once to a cached Hugging Face folder."""
     if _is_embedded(ref):
-        from alphalora.embedded import export_embedded_hf, resolve_embedded
+        from alphalora.spectral.embedded import export_embedded_hf, resolve_embedded
 
         def setup(fraction: float, message: str) -> None:
             if progress is not None:  # the export is set-up: training progress stays at 0
@@ -147,7 +147,7 @@ def resolve_model_path(ref: str, progress: Progress | None = None) -> str:
 def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: str = "auto") -> Any:
     """Turn ``config.allocation`` (explicit lists or a spec) into an :class:`Allocation` for a
     model with ``n_layers`` transformer layers; refuses a layer-count mismatch."""
-    from alphalora import allocation as alloc
+    from alphalora.allocation import rules as alloc
 
     spec = dict(config.allocation or {"method": "alphalora"})
     if "experts" in spec:
@@ -170,7 +170,7 @@ def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: s
         budget = int(round(per_layer * n_layers))
     if method == "uniform":
         return alloc.uniform(n_layers, budget, top_k)
-    from alphalora.analysis import layer_alphas
+    from alphalora.spectral.analysis import layer_alphas
 
     alphas = layer_alphas(config.model, fit=spec.get("fit") or "hill-peak", device=analysis_device)
     if len(alphas) != n_layers:
@@ -278,7 +278,7 @@ class _StopFlag:
 
 
 def _now() -> str:
-    from alphalora.runs import now_iso
+    from alphalora.store.runs import now_iso
 
     return now_iso()
 
@@ -449,7 +449,7 @@ class _Session:
 
     def _make_folder(self) -> Path:
         """Main process: the run folder and its checkpoints folder, checked writable."""
-        from alphalora.runs import run_dir
+        from alphalora.store.runs import run_dir
 
         try:
             folder = run_dir(self.run_id)
@@ -464,7 +464,7 @@ class _Session:
 
     def open_run(self) -> None:
         from alphalora import paths
-        from alphalora.runs import check_run_id
+        from alphalora.store.runs import check_run_id
 
         cfg = self.config
         error = None
@@ -505,7 +505,7 @@ class _Session:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-        from alphalora import data
+        from alphalora.finetune import data
 
         cfg = self.config
         self.report(0.0, f"Loading task {cfg.task}")
@@ -544,8 +544,8 @@ class _Session:
         self.model_path = path
         n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
         if cfg.method == "moe-lora":
-            from alphalora.moe import inject_moe_lora
-            from alphalora.moe_inject import find_blocks
+            from alphalora.finetune.moe import inject_moe_lora
+            from alphalora.finetune.moe_inject import find_blocks
 
             n_layers = len(find_blocks(model)[1])
             with self.accelerator.main_process_first():
@@ -560,7 +560,7 @@ class _Session:
                 dropout=cfg.dropout,
             )
         else:
-            from alphalora.moe import make_peft_lora
+            from alphalora.finetune.moe import make_peft_lora
 
             self.allocation = None
             set_seed(cfg.seed)
@@ -570,7 +570,7 @@ class _Session:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-        from alphalora.moe import trainable_parameter_count
+        from alphalora.finetune.moe import trainable_parameter_count
 
         self.params_trainable = trainable_parameter_count(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -601,7 +601,7 @@ class _Session:
             self.store.merge_summary(self.run_id, **extra)
 
     def _allocation(self, n_layers: int) -> Any:
-        from alphalora.allocation import Allocation
+        from alphalora.allocation.rules import Allocation
 
         if self.resume:
             saved = self.folder / "allocation.json"
@@ -615,7 +615,7 @@ class _Session:
 
     # -- data -----------------------------------------------------------------------------
     def _feature(self, index: int) -> Any:
-        from alphalora.data import encode_example
+        from alphalora.finetune.data import encode_example
 
         feat = self._features.get(index)
         if feat is None:
@@ -626,7 +626,7 @@ class _Session:
         return feat
 
     def _micro_batch(self, micro_step: int) -> dict[str, Any]:
-        from alphalora.data import collate, pad_token_id
+        from alphalora.finetune.data import collate, pad_token_id
 
         idx = batch_indices(
             len(self.train_examples),
@@ -643,7 +643,7 @@ class _Session:
     def evaluate(self, step: int) -> dict[str, Any]:
         import torch
 
-        from alphalora.data import collate, encode_examples, evaluate_counts, pad_token_id
+        from alphalora.finetune.data import collate, encode_examples, evaluate_counts, pad_token_id
 
         cfg = self.config
         acc = self.accelerator
@@ -673,7 +673,7 @@ class _Session:
             "unparsable": int(unparsable),
         }
         if self.allocation is not None:
-            from alphalora.moe import clear_router_state, router_load
+            from alphalora.finetune.moe import clear_router_state, router_load
 
             probe = encode_examples(self.tokenizer, self.eval_examples[:batch_size], cfg.max_length)
             batch = collate(probe, pad_token_id(self.tokenizer))
@@ -821,7 +821,7 @@ class _Session:
                 )
                 task_loss = out.loss
                 if moe:
-                    from alphalora.moe import load_balancing_loss
+                    from alphalora.finetune.moe import load_balancing_loss
 
                     if cfg.aux_loss_coef > 0:
                         aux = load_balancing_loss(self.unwrapped, batch["attention_mask"])
@@ -841,7 +841,7 @@ class _Session:
                 ]
             )
         if moe:
-            from alphalora.moe import clear_router_state
+            from alphalora.finetune.moe import clear_router_state
 
             clear_router_state(self.unwrapped)
         grad_norm = None
@@ -991,7 +991,7 @@ class _Session:
     def _save_adapter(self, adapter: Path, summary: dict[str, Any]) -> None:
         extra = {"run_id": self.run_id, "task": self.config.task, "summary": summary}
         if self.allocation is not None:
-            from alphalora.moe import save_adapter
+            from alphalora.finetune.moe import save_adapter
 
             save_adapter(self.unwrapped, adapter, base_model=self.config.model, extra=extra)
             return
@@ -1033,7 +1033,7 @@ def train(
     in run ``run_id`` is used (a queued run created by the app, or the one resumed). Errors
     mark the run failed and are raised as :class:`AlphaLoRAError`.
     """
-    from alphalora.runs import RunStore
+    from alphalora.store.runs import RunStore
 
     store = store if store is not None else RunStore()
     if config is None:
@@ -1079,7 +1079,7 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m alphalora.train CONFIG [options]``: same as ``python -m alphalora train``."""
+    """``python -m alphalora.finetune.train CONFIG [options]``: same as ``python -m alphalora train``."""
     from alphalora.cli import main as cli_main
 
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -887,7 +887,7 @@ def fit_many(
     bins = _check_bins(bins)
     if mode == "powerlaw":
         return [fit_powerlaw_package(e) for e in eigs_list]
-    from alphalora.spectra import resolve_device
+    from alphalora.spectral.spectra import resolve_device
 
     dev = resolve_device(device)
     if engine == "numpy":

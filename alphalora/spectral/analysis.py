@@ -1,6 +1,6 @@
 """Model → per-matrix and per-layer tables of heavy-tailed spectral metrics.
 
-Streams matrices one at a time from a :class:`~alphalora.sources.ModelSource` (peak memory
+Streams matrices one at a time from a :class:`~alphalora.spectral.sources.ModelSource` (peak memory
 is a few matrices), takes the eigenvalues of WᵀW, fits a power law and collects the
 metrics. Results are cached on disk, keyed by the weights' fingerprint and the options, so
 a second analysis of the same model loads instantly.
@@ -26,13 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from alphalora import __version__, spectra
+from alphalora import __version__
 from alphalora.errors import AlphaLoRAError
-from alphalora.fits import PowerLawFit, fit_many, fit_power_law
-from alphalora.metrics import check_matrix, reliability_warning, spectrum_metrics
 from alphalora.paths import atomic_write_json, subdir
-from alphalora.sources import MatrixInfo, ModelSource, open_source
-from alphalora.spectra import cpu_threads, eigenvalues, eigenvalues_batched, resolve_device
+from alphalora.spectral import spectra
+from alphalora.spectral.fits import PowerLawFit, fit_many, fit_power_law
+from alphalora.spectral.metrics import check_matrix, reliability_warning, spectrum_metrics
+from alphalora.spectral.sources import MatrixInfo, ModelSource, open_source
+from alphalora.spectral.spectra import cpu_threads, eigenvalues, eigenvalues_batched, resolve_device
 
 FIT_MODES = ("hill-peak", "clauset")
 #: Bumped whenever a change alters the numbers, so that stale caches are not reused.
