@@ -11,7 +11,7 @@ import streamlit as st
 from alphalora.allocation.presets import paper_preset
 from alphalora.errors import AlphaLoRAError
 from alphalora.plots.figures import layer_alpha_figure
-from alphalora.spectral.analysis import FIT_MODES
+from alphalora.spectral.analysis_types import FIT_MODES
 from alphalora.spectral.embedded import EMBEDDED_MODEL
 from ui import common as ui
 from ui.state import (

@@ -57,8 +57,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from alphalora.spectral.analysis import AnalysisOptions, analyze
-    from alphalora.spectral.sources import export_embedded_hf, open_source
+    from alphalora.spectral.analysis import analyze
+    from alphalora.spectral.analysis_types import AnalysisOptions
+    from alphalora.spectral.embedded import export_embedded_hf
+    from alphalora.spectral.sources import open_source
 
     folder = export_embedded_hf()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

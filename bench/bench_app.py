@@ -46,7 +46,8 @@ def layer_alphas(paper: bool) -> tuple[str, list[float], dict]:
             list(LLAMA2_7B_LAYER_ALPHAS),
             LLAMA2_7B_MODULE_SHAPES,
         )
-    from alphalora.spectral.analysis import AnalysisOptions, analyze
+    from alphalora.spectral.analysis import analyze
+    from alphalora.spectral.analysis_types import AnalysisOptions
     from ui.state import module_shapes_from_matrices
 
     t = time.perf_counter()

@@ -32,7 +32,8 @@ SHAPES = {
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from alphalora.spectral.analysis import AnalysisOptions, analyze
+from alphalora.spectral.analysis import analyze
+from alphalora.spectral.analysis_types import AnalysisOptions
 t = time.perf_counter()
 r = analyze({folder!r}, AnalysisOptions(device={device!r}), use_cache=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "matrices": len(r.matrices),

@@ -13,12 +13,12 @@ from safetensors.torch import save_file
 
 from alphalora.errors import AlphaLoRAError
 from alphalora.spectral.analysis import (
-    AnalysisOptions,
     analyze,
     export_table,
     layer_alphas,
     layer_table,
 )
+from alphalora.spectral.analysis_types import AnalysisOptions
 from alphalora.spectral.fits import fit_power_law
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

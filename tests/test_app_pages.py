@@ -45,7 +45,8 @@ def seeded_app_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     old = os.environ.get("ALPHALORA_HOME")
     os.environ["ALPHALORA_HOME"] = str(home)
     try:
-        from alphalora.spectral.analysis import AnalysisOptions, analyze
+        from alphalora.spectral.analysis import analyze
+        from alphalora.spectral.analysis_types import AnalysisOptions
 
         analyze("embedded", AnalysisOptions(fit="hill-peak", device="auto"))
     finally:

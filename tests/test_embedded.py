@@ -11,13 +11,15 @@ import torch
 
 from alphalora.errors import AlphaLoRAError
 from alphalora.spectral import embedded
-from alphalora.spectral.embedded import EMBEDDED_MODEL, embedded_gguf_path, resolve_embedded
-from alphalora.spectral.sources import (
+from alphalora.spectral.embedded import (
+    EMBEDDED_MODEL,
     EMBEDDED_REF,
-    SafetensorsSource,
+    embedded_gguf_path,
     export_embedded_hf,
-    open_source,
+    resolve_embedded,
 )
+from alphalora.spectral.safetensors_source import SafetensorsSource
+from alphalora.spectral.sources import open_source
 
 LLAMA_KINDS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 

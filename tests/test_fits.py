@@ -11,13 +11,13 @@ import pytest
 
 from alphalora.errors import AlphaLoRAError
 from alphalora.spectral.fits import (
-    MODES,
     PowerLawFit,
     fit_clauset,
     fit_hill_peak,
     fit_many,
     fit_power_law,
 )
+from alphalora.spectral.fits.dispatch import MODES
 
 powerlaw = pytest.importorskip("powerlaw")
 
@@ -92,15 +92,15 @@ def test_clauset_pruning_is_exact(name):
 
 @pytest.mark.parametrize("clauset", [True, False])
 def test_lower_bound_never_exceeds_exact_d(clauset):
-    from alphalora.spectral import fits
+    from alphalora.spectral.fits import prepare, scan
 
     for name in ("t25_200x150", "ties_rounded", "pareto_1500", "gauss_300x300"):
         x = np.sort(DATA[name][DATA[name] > 0])
-        ev = fits._first_occurrences(x) if clauset else None
+        ev = prepare.first_occurrences(x) if clauset else None
         total = x.size if ev is None else ev.size
         cpos = np.arange(total - 1)
-        alpha = fits._alphas(x)[cpos if ev is None else ev[cpos]]
-        prob = fits._Problem(x, ev, clauset)
+        alpha = prepare.candidate_alphas(x)[cpos if ev is None else ev[cpos]]
+        prob = scan.KSProblem(x, ev, clauset)
         with np.errstate(all="ignore"):
             exact, where = prob.exact(cpos, alpha)
             bound = prob.lower_bound(cpos, alpha)
@@ -129,13 +129,13 @@ class _FakeProblem:
 
 
 def test_pruned_scan_keeps_the_first_of_tied_minima():
-    from alphalora.spectral import fits
+    from alphalora.spectral.fits import scan
 
     rng = np.random.default_rng(3)
     for _ in range(20):
         d = rng.choice([0.2, 0.25, 0.3, 0.5, 0.9], size=200)
         prob = _FakeProblem(d, rng.uniform(0.3, 1.0, d.size))
-        got, best_d = fits._best(prob, np.arange(d.size), np.full(d.size, 2.0), True)
+        got, best_d = scan._best(prob, np.arange(d.size), np.full(d.size, 2.0), True)
         assert best_d == d.min() and got == int(np.argmin(d))  # argmin: the first minimum
 
 
@@ -423,13 +423,13 @@ def test_numpy_batch_equals_single_clauset():
 def test_numpy_batch_in_small_blocks(monkeypatch, mode):
     """Tiny work blocks (many row stacks, many pair blocks, chunked sharpening) and a first
     round of one candidate per row change the work, never the fits."""
-    from alphalora.spectral import fits
+    from alphalora.spectral.fits import batch_scan, batched
 
     spectra = _batch_spectra()
     ref = fit_many(spectra, mode, device="cpu", engine="numpy")
-    monkeypatch.setattr(fits, "_ROW_BLOCK", 100)
-    monkeypatch.setattr(fits, "_PAIR_BLOCK", 64)
-    monkeypatch.setattr(fits, "_FIRST_EXACT_BATCH", 1)
+    monkeypatch.setattr(batched, "_ROW_BLOCK", 100)
+    monkeypatch.setattr(batch_scan, "_PAIR_BLOCK", 64)
+    monkeypatch.setattr(batch_scan, "_FIRST_EXACT_BATCH", 1)
     small = fit_many(spectra, mode, device="cpu", engine="numpy")
     for a, b in zip(small, ref, strict=True):
         assert _same_fit(a, b)
@@ -465,7 +465,7 @@ class _FakeRows:
 
 
 def test_batched_scan_keeps_the_first_of_tied_minima():
-    from alphalora.spectral import fits
+    from alphalora.spectral.fits import batch_scan
 
     rng = np.random.default_rng(4)
     d = rng.choice([0.2, 0.25, 0.3, 0.5, 0.9], size=(30, 150))
@@ -473,7 +473,7 @@ def test_batched_scan_keeps_the_first_of_tied_minima():
     ok[3] = False  # a row without candidates
     cp = np.broadcast_to(np.arange(d.shape[1]), d.shape)
     rows = _FakeRows(d, rng.uniform(0.3, 1.0, d.shape))
-    best, best_d = fits._batch_scan(rows, cp, np.full(d.shape, 2.0), ok)
+    best, best_d = batch_scan.scan_rows(rows, cp, np.full(d.shape, 2.0), ok)
     masked = np.where(ok, d, np.inf)
     assert best[3] == -1 and np.isinf(best_d[3])
     rest = np.r_[0:3, 4 : d.shape[0]]
@@ -483,7 +483,7 @@ def test_batched_scan_keeps_the_first_of_tied_minima():
 
 def test_row_histograms_equal_numpy_histogram():
     """Values exactly on bin edges (where a width-based guess goes wrong), ties, equal logs."""
-    from alphalora.spectral import fits
+    from alphalora.spectral.fits import batched
 
     rng = np.random.default_rng(9)
     rows = []
@@ -498,7 +498,7 @@ def test_row_histograms_equal_numpy_histogram():
     rows.append((10, np.full(8, 0.25)))  # one value: numpy widens the range by ±0.5
     for bins, lg in rows:
         stack = np.stack([lg, lg])  # two rows: the row offsets work
-        edges, counts = fits._row_histograms(stack, bins)
+        edges, counts = batched._row_histograms(stack, bins)
         ref_counts, ref_edges = np.histogram(lg, bins=bins)
         assert np.array_equal(counts[0], ref_counts) and np.array_equal(counts[1], ref_counts)
         assert np.allclose(edges[0], ref_edges, rtol=0, atol=1e-12 * (1 + np.abs(ref_edges).max()))
@@ -507,15 +507,15 @@ def test_row_histograms_equal_numpy_histogram():
 @pytest.mark.parametrize("mode", ["hill-peak", "clauset"])
 def test_numpy_batch_values_on_the_window_bounds(mode):
     """Eigenvalues exactly at 0.95·peak and 1.5·peak are candidates, batched as single."""
-    from alphalora.spectral import fits
+    from alphalora.spectral.fits import hill
 
     rng = np.random.default_rng(12)
     spectra = []
     while len(spectra) < 6:
         x = np.sort(_esd(rng.standard_normal((80, 60))))
-        peak = fits._hill_window(x, 100, False)[0]
+        peak = hill.hill_window(x, 100, False)[0]
         y = np.sort(np.r_[x, 0.95 * peak, 1.5 * peak])
-        peak_y, _, _, cand = fits._hill_window(y, 100, False)
+        peak_y, _, _, cand = hill.hill_window(y, 100, False)
         if peak_y == peak and y[-1] > 1.5 * peak:
             assert y[cand[0]] == 0.95 * peak and y[cand[-1]] == 1.5 * peak
             spectra.append(y)

@@ -23,15 +23,11 @@ from tiny_models import (
 )
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.spectral.naming import canonical_family
-from alphalora.spectral.sources import (
-    MatrixInfo,
-    ModelSource,
-    PickleSource,
-    SafetensorsSource,
-    open_source,
-    parse_name,
-)
+from alphalora.spectral.naming import canonical_family, parse_name
+from alphalora.spectral.pickle_source import PickleSource
+from alphalora.spectral.safetensors_source import SafetensorsSource
+from alphalora.spectral.source_base import MatrixInfo, ModelSource
+from alphalora.spectral.sources import open_source
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from alphalora.allocation.presets import paper_preset
 from alphalora.allocation.rules import Allocation
 from alphalora.errors import AlphaLoRAError
 from alphalora.paths import data_dir
-from alphalora.spectral.analysis import AnalysisOptions, AnalysisResult, analyze
+from alphalora.spectral.analysis import analyze
+from alphalora.spectral.analysis_types import AnalysisOptions, AnalysisResult
 from ui.state import KIND_EMBEDDED, ModelChoice, module_shapes_from_matrices
 
 MODEL_KEY = "alphalora_model"  # the committed ModelChoice

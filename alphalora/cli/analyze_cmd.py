@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from alphalora.spectral.analysis import FIT_MODES, AnalysisOptions, analyze, export_table
+from alphalora.spectral.analysis import analyze, export_table
+from alphalora.spectral.analysis_types import FIT_MODES, AnalysisOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:

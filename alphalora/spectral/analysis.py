@@ -1,24 +1,19 @@
 """Model → per-matrix and per-layer tables of heavy-tailed spectral metrics.
 
-Streams matrices one at a time from a :class:`~alphalora.spectral.sources.ModelSource` (peak memory
-is a few matrices), takes the eigenvalues of WᵀW, fits a power law and collects the
-metrics. Results are cached on disk, keyed by the weights' fingerprint and the options, so
-a second analysis of the same model loads instantly.
+Streams matrices one at a time from a :class:`~alphalora.spectral.source_base.ModelSource`
+(peak memory is a few matrices), takes the eigenvalues of WᵀW, fits a power law and collects the
+metrics. Results are cached on disk (:mod:`~alphalora.spectral.analysis_cache`), keyed by the
+weights' fingerprint and the options, so a second analysis of the same model loads instantly.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +21,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from alphalora import __version__
 from alphalora.errors import AlphaLoRAError
-from alphalora.paths import atomic_write_json, subdir
+from alphalora.paths import subdir
 from alphalora.spectral import spectra
-from alphalora.spectral.fits import PowerLawFit, fit_many, fit_power_law
+from alphalora.spectral.analysis_cache import cache_key, load_cached, save_cache
+from alphalora.spectral.analysis_types import AnalysisOptions, AnalysisResult
+from alphalora.spectral.fits.dispatch import fit_many, fit_power_law
+from alphalora.spectral.fits.result import PowerLawFit
 from alphalora.spectral.metrics import check_matrix, reliability_warning, spectrum_metrics
-from alphalora.spectral.sources import MatrixInfo, ModelSource, open_source
+from alphalora.spectral.source_base import MatrixInfo, ModelSource
+from alphalora.spectral.sources import open_source
 from alphalora.spectral.spectra import cpu_threads, eigenvalues, eigenvalues_batched, resolve_device
 
-FIT_MODES = ("hill-peak", "clauset")
-#: Bumped whenever a change alters the numbers, so that stale caches are not reused.
-CACHE_VERSION = 1
 #: Column order of the per-matrix table (the CLI's --out file keeps these names).
 MATRIX_COLUMNS = [
     "name", "layer", "kind", "rows", "cols", "alpha", "xmin", "D", "n_tail", "n_eigs",
@@ -47,78 +42,6 @@ MATRIX_COLUMNS = [
 
 #: progress(done, total, message)
 ProgressFn = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    """What to compute. ``fit`` picks the xmin search (METHOD.md §3); ``log10_quirk``
-    reproduces AlphaLoRA's hill-peak lower bound bug; ``esd_scale`` is ``"none"`` (AlphaLoRA,
-    eigenvalues of WᵀW) or ``"N"`` (WeightWatcher, WᵀW / N)."""
-
-    fit: str = "hill-peak"
-    device: str = "auto"
-    precision: str = "float64"
-    include_non_block: bool = False
-    log10_quirk: bool = False
-    esd_scale: str = "none"
-    workers: int = 0  # CPU solver threads; 0 = one per core
-
-    def validate(self) -> None:
-        """Raise :class:`AlphaLoRAError` on an unknown option value."""
-        if self.fit not in FIT_MODES:
-            raise AlphaLoRAError(
-                f"Unknown fit mode {self.fit!r}; choose one of {', '.join(FIT_MODES)}."
-            )
-        if self.precision not in ("float32", "float64"):
-            raise AlphaLoRAError(f"Unknown precision {self.precision!r}; use float32 or float64.")
-        if self.esd_scale not in ("none", "N"):
-            raise AlphaLoRAError(f"Unknown esd_scale {self.esd_scale!r}; use 'none' or 'N'.")
-
-    def cache_key_part(self) -> dict[str, Any]:
-        """The options that change the numbers (the device does not)."""
-        d = asdict(self)
-        d.pop("device")
-        d.pop("workers")
-        return d
-
-
-@dataclass
-class AnalysisResult:
-    """The tables of one analysis, plus the spectra for plotting."""
-
-    ref: str
-    model: dict[str, Any]
-    options: AnalysisOptions
-    matrices: pd.DataFrame
-    layers: pd.DataFrame
-    eigenvalues: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
-    fingerprint: str = ""
-    elapsed_s: float = 0.0
-    device: str = "cpu"
-    from_cache: bool = False
-    cache_dir: Path | None = None
-
-    @property
-    def layer_alphas(self) -> list[float]:
-        """Mean alpha per transformer block, in layer order (the AlphaLoRA layer score)."""
-        return [float(a) for a in self.layers["alpha_mean"]]
-
-    def summary(self) -> dict[str, Any]:
-        """A few headline figures for printing or display."""
-        m = self.matrices
-        return {
-            "model": self.model.get("name", self.ref),
-            "family": self.model.get("family"),
-            "layers": int(self.layers.shape[0]),
-            "matrices": int(m.shape[0]),
-            "parameters": self.model.get("parameters"),
-            "fit": self.options.fit,
-            "alpha_mean": float(np.nanmean(m["alpha"])) if len(m) else math.nan,
-            "flagged": int((~m["reliable"]).sum()) if len(m) else 0,
-            "seconds": round(self.elapsed_s, 2),
-            "device": self.device,
-            "from_cache": self.from_cache,
-        }
 
 
 def _fits(
@@ -194,57 +117,6 @@ def _matrix_order(info: MatrixInfo) -> tuple[int, int, str]:
     """Layer by layer, projections in the forward pass's order; non-block matrices last."""
     layer = info.layer if info.layer is not None else 1 << 30
     return layer, _KIND_ORDER.get(info.kind, 99), info.name
-
-
-def _cache_key(fingerprint: str, opts: AnalysisOptions) -> str:
-    blob = json.dumps(
-        {"fp": fingerprint, "opts": opts.cache_key_part(), "v": CACHE_VERSION}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _load_cached(
-    path: Path, ref: str, opts: AnalysisOptions, fingerprint: str
-) -> AnalysisResult | None:
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        matrices = pd.read_parquet(path / "matrices.parquet")
-        layers = pd.read_parquet(path / "layers.parquet")
-        with np.load(path / "eigenvalues.npz") as npz:
-            eigs = {meta["eig_names"][int(k[1:])]: npz[k] for k in npz.files}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        return None  # a damaged cache entry is recomputed, never trusted
-    return AnalysisResult(
-        ref=ref, model=meta["model"], options=opts, matrices=matrices, layers=layers, eigenvalues=eigs,
-        fingerprint=fingerprint, elapsed_s=meta.get("elapsed_s", 0.0), device=meta.get("device", "cpu"),
-        from_cache=True, cache_dir=path,
-    )  # fmt: skip
-
-
-def _save_cache(path: Path, result: AnalysisResult) -> None:
-    """Write the result into ``path`` atomically (temp folder, then rename)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        result.matrices.to_parquet(tmp / "matrices.parquet", index=False)
-        result.layers.to_parquet(tmp / "layers.parquet", index=False)
-        names = list(result.eigenvalues)
-        np.savez_compressed(
-            tmp / "eigenvalues.npz", **{f"e{i}": result.eigenvalues[n] for i, n in enumerate(names)}
-        )
-        atomic_write_json(
-            tmp / "meta.json",
-            {
-                "ref": result.ref, "model": result.model, "options": asdict(result.options),
-                "fingerprint": result.fingerprint, "elapsed_s": result.elapsed_s, "device": result.device,
-                "eig_names": names, "alphalora_version": __version__, "created_at": time.time(),
-            },
-        )  # fmt: skip
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _loaded(
@@ -398,9 +270,9 @@ def analyze(
     )
     device = resolve_device(opts.device)
     fingerprint = source.fingerprint()
-    cache_path = subdir("analyses") / _cache_key(fingerprint, opts)
+    cache_path = subdir("analyses") / cache_key(fingerprint, opts)
     if use_cache and cache_path.exists():
-        cached = _load_cached(cache_path, str(source.ref), opts, fingerprint)
+        cached = load_cached(cache_path, str(source.ref), opts, fingerprint)
         if cached is not None:
             if progress:
                 n = len(cached.matrices)
@@ -434,7 +306,7 @@ def analyze(
     )  # fmt: skip
     if use_cache and keep_eigenvalues:
         try:
-            _save_cache(cache_path, result)
+            save_cache(cache_path, result)
         except OSError as exc:  # the analysis itself is still good: report, do not lose it
             result.cache_dir = None
             result.model = {**result.model, "cache_error": str(exc)}

@@ -18,7 +18,7 @@ import torch
 
 from alphalora.errors import AlphaLoRAError
 from alphalora.spectral.naming import gguf_to_hf
-from alphalora.spectral.sources import MatrixInfo, ModelSource, sample_digest
+from alphalora.spectral.source_base import MatrixInfo, ModelSource, sample_digest
 
 #: GGML types that hold integers, not (quantised) real numbers: never matrices.
 _INTEGER_TYPES = frozenset({"I8", "I16", "I32", "I64"})

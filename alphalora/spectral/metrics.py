@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alphalora.spectral.fits import PowerLawFit
+from alphalora.spectral.fits.result import PowerLawFit
 
 #: Below this many eigenvalues in the fitted tail the alpha is statistically meaningless.
 MIN_TAIL = 10
