@@ -7,7 +7,7 @@ import re
 
 import streamlit as st
 
-from alphalora.allocation.rules import alphalora_allocation
+from alphalora.allocation.softmax_rules import alphalora_allocation
 from alphalora.errors import AlphaLoRAError
 from alphalora.finetune.config import DEVICES, load_config
 from alphalora.finetune.data import ROTTEN_TOMATOES, load_task

@@ -23,12 +23,9 @@ if str(ROOT) not in sys.path:  # pages import ui.common from the app folder
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from alphalora.allocation.params import trainable_parameters  # noqa: E402
 from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES  # noqa: E402
-from alphalora.allocation.rules import (  # noqa: E402
-    alphalora_allocation,
-    alphalora_official,
-    trainable_parameters,
-)
+from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official  # noqa: E402
 
 APP = ROOT / "app.py"
 TIMEOUT = 240  # the first analysis in a process may have to open the GGUF (seconds)

@@ -147,7 +147,8 @@ def resolve_model_path(ref: str, progress: Progress | None = None) -> str:
 def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: str = "auto") -> Any:
     """Turn ``config.allocation`` (explicit lists or a spec) into an :class:`Allocation` for a
     model with ``n_layers`` transformer layers; refuses a layer-count mismatch."""
-    from alphalora.allocation import rules as alloc
+    from alphalora.allocation.shapes import custom, mola_shape, uniform
+    from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
 
     spec = dict(config.allocation or {"method": "alphalora"})
     if "experts" in spec:
@@ -158,18 +159,18 @@ def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: s
                 "transformer layers; give one expert count per layer."
             )
         top_k = spec.get("top_k")
-        return alloc.custom(experts, 2 if top_k is None else top_k)
+        return custom(experts, 2 if top_k is None else top_k)
     method = spec["method"]
     per_layer = spec.get("experts_per_layer") or DEFAULT_EXPERTS_PER_LAYER
     budget = spec.get("budget")
     beta = 2.5 if spec.get("beta") is None else float(spec["beta"])
     top_k = int(spec.get("top_k") or 2)
     if method == "mola":
-        return alloc.mola_shape(spec["shape"], n_layers, budget)
+        return mola_shape(spec["shape"], n_layers, budget)
     if budget is None:
         budget = int(round(per_layer * n_layers))
     if method == "uniform":
-        return alloc.uniform(n_layers, budget, top_k)
+        return uniform(n_layers, budget, top_k)
     from alphalora.spectral.analysis import layer_alphas
 
     alphas = layer_alphas(config.model, fit=spec.get("fit") or "hill-peak", device=analysis_device)
@@ -179,8 +180,8 @@ def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: s
             f"{n_layers}; cannot allocate experts per layer."
         )
     if method == "alphalora-official":
-        return alloc.alphalora_official(alphas, budget, beta)
-    return alloc.alphalora_allocation(
+        return alphalora_official(alphas, budget, beta)
+    return alphalora_allocation(
         alphas,
         budget,
         beta,
@@ -601,7 +602,7 @@ class _Session:
             self.store.merge_summary(self.run_id, **extra)
 
     def _allocation(self, n_layers: int) -> Any:
-        from alphalora.allocation.rules import Allocation
+        from alphalora.allocation.model import Allocation
 
         if self.resume:
             saved = self.folder / "allocation.json"
