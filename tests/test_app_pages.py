@@ -288,7 +288,7 @@ def test_allocation_export_import_and_use_for_fine_tune():
 
 def _fake_run(store, tmp_path, name: str, status: str, acc: tuple[float, float] | None) -> str:
     """A run recorded the way the trainer records one (metrics, summary, adapter folder)."""
-    from alphalora.store.runs import run_dir
+    from alphalora.store.records import run_dir
 
     run_id = store.create_run(
         {
@@ -327,7 +327,7 @@ def _fake_run(store, tmp_path, name: str, status: str, acc: tuple[float, float] 
 
 def test_runs_page_lists_filters_compares_and_offers_adapters(tmp_path):
     import ui.common
-    from alphalora.store.runs import RunStore
+    from alphalora.store.run_store import RunStore
 
     at = _app().switch_page("pages/4_Runs.py").run()
     _clean(at)
@@ -421,7 +421,7 @@ def test_fine_tune_bad_upload_shows_an_error():
 def test_fine_tune_launches_a_tiny_run_and_watches_it(tmp_path):
     from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
-    from alphalora.store.runs import RunStore
+    from alphalora.store.run_store import RunStore
 
     model = save_tiny_model(tmp_path / "tiny-model")
     task = write_jsonl(tmp_path / "reviews.jsonl", toy_reviews(60))

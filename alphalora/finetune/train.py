@@ -279,7 +279,7 @@ class _StopFlag:
 
 
 def _now() -> str:
-    from alphalora.store.runs import now_iso
+    from alphalora.store.records import now_iso
 
     return now_iso()
 
@@ -450,7 +450,7 @@ class _Session:
 
     def _make_folder(self) -> Path:
         """Main process: the run folder and its checkpoints folder, checked writable."""
-        from alphalora.store.runs import run_dir
+        from alphalora.store.records import run_dir
 
         try:
             folder = run_dir(self.run_id)
@@ -465,7 +465,7 @@ class _Session:
 
     def open_run(self) -> None:
         from alphalora import paths
-        from alphalora.store.runs import check_run_id
+        from alphalora.store.records import check_run_id
 
         cfg = self.config
         error = None
@@ -1034,7 +1034,7 @@ def train(
     in run ``run_id`` is used (a queued run created by the app, or the one resumed). Errors
     mark the run failed and are raised as :class:`AlphaLoRAError`.
     """
-    from alphalora.store.runs import RunStore
+    from alphalora.store.run_store import RunStore
 
     store = store if store is not None else RunStore()
     if config is None:
