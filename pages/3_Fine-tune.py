@@ -13,7 +13,7 @@ from alphalora.finetune.config import DEVICES, load_config
 from alphalora.finetune.data import ROTTEN_TOMATOES, load_task
 from alphalora.finetune.hf_tasks import HF_PREFIX, canonical_hf_spec
 from alphalora.paths import atomic_write_bytes, subdir
-from alphalora.plots.figures import metric_curves_figure, router_load_figure
+from alphalora.plots.runs import metric_curves_figure, router_load_figure
 from alphalora.runs import jobs
 from alphalora.store.records import ACTIVE_STATUSES
 from alphalora.store.run_store import RunStore

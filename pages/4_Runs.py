@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.plots.figures import metric_curves_figure, run_comparison_figure
+from alphalora.plots.runs import metric_curves_figure, run_comparison_figure
 from alphalora.runs import jobs
 from alphalora.store.records import ACTIVE_STATUSES, STATUSES
 from alphalora.store.run_store import RunStore
