@@ -10,7 +10,7 @@ import streamlit as st
 
 from alphalora.allocation.presets import paper_preset
 from alphalora.errors import AlphaLoRAError
-from alphalora.plots.figures import layer_alpha_figure
+from alphalora.plots.spectra import layer_alpha_figure
 from alphalora.spectral.analysis_types import FIT_MODES
 from alphalora.spectral.embedded import EMBEDDED_MODEL
 from ui import common as ui

@@ -65,7 +65,7 @@ def bench_pure(alphas: list[float], betas: list[float], shapes: dict) -> dict[st
     """Time each step of the page's slider work, per β value."""
     import plotly.io as pio
 
-    from alphalora.plots.figures import allocation_figure
+    from alphalora.plots.allocation import allocation_figure
     from ui.state import (
         MODE_DEFAULT,
         build_allocation,

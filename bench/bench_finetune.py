@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from alphalora.finetune.config import TrainConfig  # noqa: E402
 from alphalora.finetune.train import train  # noqa: E402
 from alphalora.paths import atomic_write_json  # noqa: E402
-from alphalora.store.runs import RunStore  # noqa: E402
+from alphalora.store.run_store import RunStore  # noqa: E402
 
 ALLOCATIONS = {
     "alphalora": lambda budget, beta: {"method": "alphalora", "budget": budget, "beta": beta},

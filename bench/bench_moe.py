@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alphalora.allocation.rules import mola_shape  # noqa: E402
+from alphalora.allocation.shapes import mola_shape  # noqa: E402
 from alphalora.finetune.moe import (  # noqa: E402
     MoELoRALinear,
     inject_moe_lora,

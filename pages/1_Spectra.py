@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from alphalora.allocation.presets import paper_preset
-from alphalora.plots.figures import alpha_heatmap, esd_figure, kind_columns, layer_alpha_figure
+from alphalora.plots.spectra import alpha_heatmap, esd_figure, kind_columns, layer_alpha_figure
 from alphalora.spectral.fits import fit_power_law
 from ui import common as ui
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from alphalora.allocation.rules import Allocation, beta_to_temperature, temperature_to_beta
+from alphalora.allocation.model import Allocation
+from alphalora.allocation.softmax_rules import beta_to_temperature, temperature_to_beta
 from alphalora.errors import AlphaLoRAError
-from alphalora.plots.figures import allocation_figure
+from alphalora.plots.allocation import allocation_figure
 from ui import common as ui
 from ui.state import (
     ALLOCATION_MODES,

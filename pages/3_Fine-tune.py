@@ -7,15 +7,16 @@ import re
 
 import streamlit as st
 
-from alphalora.allocation.rules import alphalora_allocation
+from alphalora.allocation.softmax_rules import alphalora_allocation
 from alphalora.errors import AlphaLoRAError
 from alphalora.finetune.config import DEVICES, load_config
 from alphalora.finetune.data import ROTTEN_TOMATOES, load_task
 from alphalora.finetune.hf_tasks import HF_PREFIX, canonical_hf_spec
 from alphalora.paths import atomic_write_bytes, subdir
-from alphalora.plots.figures import metric_curves_figure, router_load_figure
+from alphalora.plots.runs import metric_curves_figure, router_load_figure
 from alphalora.runs import jobs
-from alphalora.store.runs import ACTIVE_STATUSES, RunStore
+from alphalora.store.records import ACTIVE_STATUSES
+from alphalora.store.run_store import RunStore
 from ui import common as ui
 from ui.state import MOLA_SHAPES, allocation_spec, check_layers, latest_router_load
 

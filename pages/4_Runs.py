@@ -7,9 +7,10 @@ from pathlib import Path
 import streamlit as st
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.plots.figures import metric_curves_figure, run_comparison_figure
+from alphalora.plots.runs import metric_curves_figure, run_comparison_figure
 from alphalora.runs import jobs
-from alphalora.store.runs import ACTIVE_STATUSES, STATUSES, RunStore
+from alphalora.store.records import ACTIVE_STATUSES, STATUSES
+from alphalora.store.run_store import RunStore
 from ui import common as ui
 from ui.state import runs_comparison_table
 

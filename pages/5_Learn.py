@@ -7,8 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS
-from alphalora.allocation.rules import alphalora_allocation, uniform
-from alphalora.plots.figures import allocation_figure, esd_figure, ks_scan_figure, line_figure
+from alphalora.allocation.shapes import uniform
+from alphalora.allocation.softmax_rules import alphalora_allocation
+from alphalora.plots.allocation import allocation_figure
+from alphalora.plots.spectra import esd_figure, ks_scan_figure, line_figure
 from alphalora.spectral.fits import fit_power_law
 from ui import common as ui
 from ui.state import (

@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphalora.allocation import rules as al
+from alphalora.allocation.model import Allocation
 from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS
+from alphalora.allocation.shapes import mola_shape
+from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
 from alphalora.cli import main
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -64,7 +66,7 @@ def test_json_official_matches_library(capsys):
             "--json",
         ],
     )
-    expected = al.alphalora_official([float(a) for a in alphas.split(",")], 40, 2.5)
+    expected = alphalora_official([float(a) for a in alphas.split(",")], 40, 2.5)
     assert data["experts"] == list(expected.experts) and data["top_k"] == list(expected.top_k)
     assert data["method"] == "alphalora-official" and sum(data["experts"]) == 40
 
@@ -87,7 +89,7 @@ def test_temperature_equals_inverse_beta(capsys):
 
 def test_preset_gives_paper_counts(capsys):
     data = _json(capsys, ["allocate", "--preset", "llama2-7b", "--mode", "official", "--json"])
-    assert data["experts"] == list(al.alphalora_official(LLAMA2_7B_LAYER_ALPHAS).experts)
+    assert data["experts"] == list(alphalora_official(LLAMA2_7B_LAYER_ALPHAS).experts)
     assert data["trainable_parameters"] == 105_635_840
     assert data["alphas"] == pytest.approx(list(LLAMA2_7B_LAYER_ALPHAS))
 
@@ -98,7 +100,7 @@ def test_csv_analyze_output_as_file(capsys, tmp_path):
     df.to_csv(path, index=False)
     data = _json(capsys, ["allocate", "--alphas", str(path), "--budget", "30", "--json"])
     assert data["alphas"] == pytest.approx(means)
-    assert data["experts"] == list(al.alphalora_allocation(means, 30, 2.5).experts)
+    assert data["experts"] == list(alphalora_allocation(means, 30, 2.5).experts)
 
 
 def test_per_layer_table_as_file(capsys, tmp_path):
@@ -131,7 +133,7 @@ def test_other_file_formats(capsys, tmp_path, fmt):
 
 def test_shape_and_layers(capsys):
     data = _json(capsys, ["allocate", "--shape", "2468", "--layers", "30", "--json"])
-    assert data["experts"] == list(al.mola_shape("2468", 30).experts)
+    assert data["experts"] == list(mola_shape("2468", 30).experts)
     assert data["method"] == "mola-2468"
     rescaled = _json(capsys, ["allocate", "--shape", "◇", "--budget", "128", "--json"])
     assert rescaled["experts"] == [2] * 8 + [6] * 16 + [2] * 8
@@ -146,8 +148,8 @@ def test_table_output_and_out_file(capsys, tmp_path):
     assert "total 160 experts over 32 layers" in out
     assert "trainable parameters: 105,635,840" in out
     assert "█" in out and "4.334" in out
-    saved = al.Allocation.from_json(target.read_text())
-    assert saved == al.alphalora_allocation(LLAMA2_7B_LAYER_ALPHAS, 160, 2.5)
+    saved = Allocation.from_json(target.read_text())
+    assert saved == alphalora_allocation(LLAMA2_7B_LAYER_ALPHAS, 160, 2.5)
 
 
 def test_official_zero_layer_is_flagged(capsys):

@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphalora.allocation import rules as al
+from alphalora.allocation.layer_alphas import layer_alphas_from_table
+from alphalora.allocation.model import SCHEMA_VERSION, Allocation, default_top_k
+from alphalora.allocation.params import (
+    lora_parameters_per_expert,
+    module_shapes_from_config,
+    trainable_parameters,
+)
 from alphalora.allocation.presets import (
     LLAMA2_7B_LAYER_ALPHAS,
     LLAMA2_7B_MODULE_SHAPES,
@@ -17,6 +23,13 @@ from alphalora.allocation.presets import (
     MISTRAL_7B_PUBLISHED_ALLOCATION,
     get_preset,
     paper_preset,
+)
+from alphalora.allocation.shapes import custom, mola_shape, uniform
+from alphalora.allocation.softmax_rules import (
+    alphalora_allocation,
+    alphalora_official,
+    beta_to_temperature,
+    temperature_to_beta,
 )
 from alphalora.errors import AlphaLoRAError
 
@@ -43,45 +56,45 @@ def test_mistral_published_allocation_is_reproduced_exactly():
     assert list(MISTRAL_7B_PUBLISHED_ALLOCATION) == published
     # alphas that imply the string: s_i = α_i^β = n_i, so T·s/Σs = n_i exactly.
     alphas = np.asarray(published, dtype=float) ** (1 / 2.5)
-    result = al.alphalora_official(alphas, budget=160, beta=2.5)
+    result = alphalora_official(alphas, budget=160, beta=2.5)
     assert ",".join(map(str, result.experts)) == MISTRAL
     assert result.top_k == tuple(1 if n == 1 else 2 for n in published)
     assert result.method == "alphalora-official" and result.total == 160
     # perturbed inside the rounding interval and rescaled (α^β normalisation is scale-free)
     rng = np.random.default_rng(7)
     noisy = (np.asarray(published) + rng.uniform(-0.3, 0.3, 32)) ** (1 / 2.5) * 3.7
-    assert ",".join(map(str, al.alphalora_official(noisy).experts)) == MISTRAL
+    assert ",".join(map(str, alphalora_official(noisy).experts)) == MISTRAL
 
 
 def test_llama2_official_matches_independent_formula():
     expected, corrected = _reference(LLAMA2_7B_LAYER_ALPHAS, 160, 2.5)
-    result = al.alphalora_official(LLAMA2_7B_LAYER_ALPHAS, budget=160, beta=2.5)
+    result = alphalora_official(LLAMA2_7B_LAYER_ALPHAS, budget=160, beta=2.5)
     assert list(result.experts) == expected
     assert result.total == 160
     assert result.top_k == tuple(1 if n == 1 else 2 for n in expected)
     # the rounding overshoots by 2 and both corrections hit the largest-α layer (20)
     assert corrected == [20, 20]
     assert int(np.argmax(LLAMA2_7B_LAYER_ALPHAS)) == 20
-    default = al.alphalora_allocation(LLAMA2_7B_LAYER_ALPHAS, 160, 2.5)
+    default = alphalora_allocation(LLAMA2_7B_LAYER_ALPHAS, 160, 2.5)
     assert result.experts[20] == default.experts[20] - 2
 
 
 def test_official_repair_loop_defect_gives_zero_experts():
     alphas = [1.0] + [1.5 ** (1 / 2.5)] * 6  # s = [1, 1.5 × 6]; rounding overshoots by one
     expected, corrected = _reference(alphas, 12, 2.5)
-    result = al.alphalora_official(alphas, budget=12, beta=2.5)
+    result = alphalora_official(alphas, budget=12, beta=2.5)
     assert list(result.experts) == expected == [0, 2, 2, 2, 2, 2, 2]
     assert result.top_k[0] == 0 and result.top_k[1:] == (2,) * 6
     assert result.warnings and "layer(s) [0]" in result.warnings[0]
     assert "0 experts" in result.label
     # several corrections pile up on the same layer
-    result24 = al.alphalora_official(alphas, budget=24, beta=2.5)
+    result24 = alphalora_official(alphas, budget=24, beta=2.5)
     assert list(result24.experts) == [0, 4, 4, 4, 4, 4, 4]
     assert _reference(alphas, 24, 2.5)[1] == [0, 0]
     # a zero layer survives a JSON round trip (official mode only)
-    assert al.Allocation.from_json(result.to_json()) == result
+    assert Allocation.from_json(result.to_json()) == result
     # the default mode never does this
-    fixed = al.alphalora_allocation(alphas, 12, 2.5)
+    fixed = alphalora_allocation(alphas, 12, 2.5)
     assert min(fixed.experts) >= 1 and fixed.total == 12
 
 
@@ -89,12 +102,12 @@ def test_official_refuses_negative_counts():
     alphas = [1.0] + [1.5 ** (1 / 2.5)] * 6
     assert _reference(alphas, 10, 2.5)[0][0] < 0
     with pytest.raises(AlphaLoRAError, match="negative expert count to layer"):
-        al.alphalora_official(alphas, budget=10, beta=2.5)
+        alphalora_official(alphas, budget=10, beta=2.5)
 
 
 def test_official_overflow_is_a_clear_error():
     with pytest.raises(AlphaLoRAError, match="default mode"):
-        al.alphalora_official([2.0, 3.0, 1e3], budget=10, beta=200.0)
+        alphalora_official([2.0, 3.0, 1e3], budget=10, beta=200.0)
 
 
 def test_official_random_cases_match_reference():
@@ -108,7 +121,7 @@ def test_official_random_cases_match_reference():
         expected, _ = _reference(alphas, budget, beta)
         if min(expected) < 0:
             continue
-        assert list(al.alphalora_official(alphas, budget, beta).experts) == expected
+        assert list(alphalora_official(alphas, budget, beta).experts) == expected
         checked += 1
     assert checked > 150
 
@@ -121,10 +134,10 @@ def test_beta_zero_is_uniform(mode):
     rng = np.random.default_rng(0)
     for L, T in [(32, 160), (30, 150), (6, 12), (7, 21), (1, 5)]:
         alphas = rng.uniform(2, 6, L)
-        fn = al.alphalora_allocation if mode == "default" else al.alphalora_official
+        fn = alphalora_allocation if mode == "default" else alphalora_official
         assert fn(alphas, T, 0.0).experts == (T // L,) * L
     for L, T in [(32, 161), (30, 160), (6, 13), (7, 19)]:
-        experts = al.alphalora_allocation(rng.uniform(2, 6, L), T, 0.0).experts
+        experts = alphalora_allocation(rng.uniform(2, 6, L), T, 0.0).experts
         assert sum(experts) == T and max(experts) - min(experts) <= 1
 
 
@@ -139,7 +152,7 @@ def test_default_sum_bounds_and_monotonicity_on_random_inputs():
         lo_budget = L * low
         hi_budget = L * high if high is not None else L * (low + 12)
         budget = int(rng.integers(lo_budget, hi_budget + 1))
-        result = al.alphalora_allocation(alphas, budget, beta, min_experts=low, max_experts=high)
+        result = alphalora_allocation(alphas, budget, beta, min_experts=low, max_experts=high)
         n = np.asarray(result.experts)
         assert n.sum() == budget, (case, n, budget)
         assert n.min() >= low and n.min() >= 1
@@ -176,35 +189,35 @@ def test_default_is_the_rounded_softmax_when_bounds_do_not_bind():
         quota = budget * alphas**beta / np.sum(alphas**beta)
         if quota.min() < 1:
             continue
-        n = np.asarray(al.alphalora_allocation(alphas, budget, beta).experts)
+        n = np.asarray(alphalora_allocation(alphas, budget, beta).experts)
         assert np.all(np.abs(n - quota) < 1)  # Hamilton: each within one of its quota
         assert np.array_equal(n >= np.floor(quota), np.ones(L, bool))
 
 
 def test_bounds_are_filled_like_water():
     alphas = [1.0, 1.0, 1.0, 10.0]
-    result = al.alphalora_allocation(alphas, 20, 5.0, min_experts=2, max_experts=8)
+    result = alphalora_allocation(alphas, 20, 5.0, min_experts=2, max_experts=8)
     assert result.experts == (4, 4, 4, 8)  # the cap frees 10 experts, shared evenly
-    result = al.alphalora_allocation(alphas, 20, 5.0, min_experts=3)
+    result = alphalora_allocation(alphas, 20, 5.0, min_experts=3)
     assert result.experts == (3, 3, 3, 11)
-    big_beta = al.alphalora_allocation([2.0, 3.0, 8.0, 1.5], 40, 1000.0)
+    big_beta = alphalora_allocation([2.0, 3.0, 8.0, 1.5], 40, 1000.0)
     assert big_beta.experts == (1, 1, 37, 1)
 
 
 def test_capped_share_is_redistributed_in_proportion():
     # weights 1 : 2 : 4 : 100; the big layer is capped at 10, then the third too; the last
     # 10 experts are split 1 : 2 between the first two layers.
-    result = al.alphalora_allocation([1.0, 2.0, 4.0, 100.0], 30, 1.0, max_experts=10)
+    result = alphalora_allocation([1.0, 2.0, 4.0, 100.0], 30, 1.0, max_experts=10)
     assert result.experts == (3, 7, 10, 10)
 
 
 def test_min_at_least_top_k_and_top_k():
     alphas = [1.0, 1.1, 9.0]
-    plain = al.alphalora_allocation(alphas, 12, 3.0)
+    plain = alphalora_allocation(alphas, 12, 3.0)
     assert plain.experts[0] == 1 and plain.top_k[0] == 1
-    raised = al.alphalora_allocation(alphas, 12, 3.0, min_at_least_top_k=True)
+    raised = alphalora_allocation(alphas, 12, 3.0, min_at_least_top_k=True)
     assert min(raised.experts) >= 2 and raised.min_experts == 2
-    k3 = al.alphalora_allocation(alphas, 12, 3.0, top_k=3)
+    k3 = alphalora_allocation(alphas, 12, 3.0, top_k=3)
     assert k3.top_k == tuple(min(3, n) for n in k3.experts)
 
 
@@ -229,7 +242,7 @@ def test_min_at_least_top_k_and_top_k():
 )
 def test_default_mode_bad_inputs(kwargs, message):
     with pytest.raises(AlphaLoRAError, match=message):
-        al.alphalora_allocation(**kwargs)
+        alphalora_allocation(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -243,24 +256,24 @@ def test_default_mode_bad_inputs(kwargs, message):
 )
 def test_official_mode_bad_inputs(alphas, beta, message):
     with pytest.raises(AlphaLoRAError, match=message):
-        al.alphalora_official(alphas, 10, beta)
+        alphalora_official(alphas, 10, beta)
 
 
 def test_temperature_beta_conversions():
-    assert al.temperature_to_beta(0.4) == pytest.approx(2.5)
-    assert al.beta_to_temperature(2.5) == pytest.approx(0.4)
-    assert al.temperature_to_beta(math.inf) == 0.0
-    assert al.beta_to_temperature(0.0) == math.inf
+    assert temperature_to_beta(0.4) == pytest.approx(2.5)
+    assert beta_to_temperature(2.5) == pytest.approx(0.4)
+    assert temperature_to_beta(math.inf) == 0.0
+    assert beta_to_temperature(0.0) == math.inf
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(AlphaLoRAError, match="temperature"):
-            al.temperature_to_beta(bad)
+            temperature_to_beta(bad)
     with pytest.raises(AlphaLoRAError, match="beta"):
-        al.beta_to_temperature(-2.0)
+        beta_to_temperature(-2.0)
 
 
 def test_default_top_k():
-    assert al.default_top_k([1, 2, 5]) == (1, 2, 2)
-    assert al.default_top_k([1, 2, 5], k=3) == (1, 2, 3)
+    assert default_top_k([1, 2, 5]) == (1, 2, 2)
+    assert default_top_k([1, 2, 5], k=3) == (1, 2, 3)
 
 
 # --------------------------------------------------------------------------- shapes
@@ -272,7 +285,7 @@ def test_default_top_k():
     + [(s, 128) for s in ("4444", "6532", "6226", "2356", "2662")],
 )
 def test_mola_shapes_at_32_layers(shape, total):
-    result = al.mola_shape(shape, 32)
+    result = mola_shape(shape, 32)
     assert result.total == result.budget == total
     assert list(result.experts) == [int(d) for d in shape for _ in range(8)]
     assert result.method == f"mola-{shape}"
@@ -295,22 +308,22 @@ def test_mola_shapes_at_32_layers(shape, total):
     ],
 )
 def test_mola_shape_names_and_symbols(name, digits):
-    assert al.mola_shape(name, 32).experts == al.mola_shape(digits, 32).experts
+    assert mola_shape(name, 32).experts == mola_shape(digits, 32).experts
 
 
 def test_mola_shapes_at_30_and_6_layers():
-    r30 = al.mola_shape("8642", 30)  # groups 8, 8, 7, 7: the first groups take the remainder
+    r30 = mola_shape("8642", 30)  # groups 8, 8, 7, 7: the first groups take the remainder
     assert list(r30.experts) == [8] * 8 + [6] * 8 + [4] * 7 + [2] * 7
     assert r30.total == 154
-    r6 = al.mola_shape("2468", 6)  # groups 2, 2, 1, 1
+    r6 = mola_shape("2468", 6)  # groups 2, 2, 1, 1
     assert list(r6.experts) == [2, 2, 4, 4, 6, 8]
-    assert al.mola_shape("5555", 30).experts == (5,) * 30
+    assert mola_shape("5555", 30).experts == (5,) * 30
 
 
 def test_mola_shape_rescaled_to_budget():
-    assert al.mola_shape("2882", 32, budget=128).experts == al.mola_shape("2662", 32).experts
+    assert mola_shape("2882", 32, budget=128).experts == mola_shape("2662", 32).experts
     for L, T in [(30, 150), (6, 30), (30, 31), (32, 160)]:
-        result = al.mola_shape("8642", L, budget=T)
+        result = mola_shape("8642", L, budget=T)
         assert result.total == T and min(result.experts) >= 1
         n = np.asarray(result.experts)
         assert np.all(np.diff(n) <= 0)  # the triangle keeps its shape
@@ -318,44 +331,42 @@ def test_mola_shape_rescaled_to_budget():
 
 def test_mola_shape_errors():
     with pytest.raises(AlphaLoRAError, match="Unknown MoLA shape"):
-        al.mola_shape("8602", 32)
+        mola_shape("8602", 32)
     with pytest.raises(AlphaLoRAError, match="Unknown MoLA shape"):
-        al.mola_shape("pyramid", 32)
+        mola_shape("pyramid", 32)
     with pytest.raises(AlphaLoRAError, match="only 3 layers"):
-        al.mola_shape("8642", 3)
+        mola_shape("8642", 3)
     with pytest.raises(AlphaLoRAError, match="cannot give 6 layers"):
-        al.mola_shape("8642", 6, budget=5)
+        mola_shape("8642", 6, budget=5)
 
 
 def test_uniform_and_custom():
-    assert al.uniform(32, 160).experts == (5,) * 32
-    assert al.uniform(4, 10).experts == (3, 3, 2, 2)
-    c = al.custom([1, 4, 2], top_k=2)
+    assert uniform(32, 160).experts == (5,) * 32
+    assert uniform(4, 10).experts == (3, 3, 2, 2)
+    c = custom([1, 4, 2], top_k=2)
     assert c.top_k == (1, 2, 2) and c.budget == 7 and c.method == "custom"
-    assert al.custom([3, 3], top_k=[1, 3]).top_k == (1, 3)
+    assert custom([3, 3], top_k=[1, 3]).top_k == (1, 3)
     with pytest.raises(AlphaLoRAError, match=r"layer\(s\) \[1\]"):
-        al.custom([2, 0, 3])
+        custom([2, 0, 3])
     with pytest.raises(AlphaLoRAError, match="top_k must be between"):
-        al.custom([2, 2], top_k=[1, 3])
+        custom([2, 2], top_k=[1, 3])
     with pytest.raises(AlphaLoRAError, match="cannot give 4 layers"):
-        al.uniform(4, 3)
+        uniform(4, 3)
 
 
 # --------------------------------------------------------------------------- parameter counts
 
 
 def test_llama2_parameter_counts():
-    shapes = al.module_shapes_from_config(
+    shapes = module_shapes_from_config(
         {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32}
     )
     assert shapes == LLAMA2_7B_MODULE_SHAPES
-    assert al.lora_parameters_per_expert(shapes, rank=8) == 660_224
-    assert al.trainable_parameters(al.mola_shape("8642", 32), shapes) == 105_635_840
-    assert al.trainable_parameters([5] * 32, shapes) == 105_635_840
-    assert al.lora_parameters_per_expert(shapes, include_router=False) == 660_224 - (
-        6 * 4096 + 11008
-    )
-    assert al.lora_parameters_per_expert({"q_proj": (16, 8)}, rank=2) == 2 * 24 + 16
+    assert lora_parameters_per_expert(shapes, rank=8) == 660_224
+    assert trainable_parameters(mola_shape("8642", 32), shapes) == 105_635_840
+    assert trainable_parameters([5] * 32, shapes) == 105_635_840
+    assert lora_parameters_per_expert(shapes, include_router=False) == 660_224 - (6 * 4096 + 11008)
+    assert lora_parameters_per_expert({"q_proj": (16, 8)}, rank=2) == 2 * 24 + 16
 
 
 def test_module_shapes_from_transformers_config_with_gqa():
@@ -364,13 +375,13 @@ def test_module_shapes_from_transformers_config_with_gqa():
     config = LlamaConfig(
         hidden_size=64, intermediate_size=160, num_attention_heads=8, num_key_value_heads=2
     )
-    shapes = al.module_shapes_from_config(config, targets=("q_proj", "k_proj", "down_proj"))
+    shapes = module_shapes_from_config(config, targets=("q_proj", "k_proj", "down_proj"))
     assert shapes == {"q_proj": (64, 64), "k_proj": (64, 16), "down_proj": (160, 64)}
     assert MISTRAL_7B_MODULE_SHAPES["k_proj"] == (4096, 1024)
     with pytest.raises(AlphaLoRAError, match="Unknown target"):
-        al.module_shapes_from_config(config, targets=("qkv_proj",))
+        module_shapes_from_config(config, targets=("qkv_proj",))
     with pytest.raises(AlphaLoRAError, match="lacks hidden_size"):
-        al.module_shapes_from_config({"n_embd": 64})
+        module_shapes_from_config({"n_embd": 64})
 
 
 # --------------------------------------------------------------------------- serialisation
@@ -378,18 +389,18 @@ def test_module_shapes_from_transformers_config_with_gqa():
 
 def test_json_round_trip():
     for result in (
-        al.alphalora_allocation(LLAMA2_7B_LAYER_ALPHAS, 160, 2.5, max_experts=7),
-        al.alphalora_official(LLAMA2_7B_LAYER_ALPHAS),
-        al.mola_shape("◇", 30),
-        al.custom([1, 2, 3], top_k=[1, 1, 2]),
+        alphalora_allocation(LLAMA2_7B_LAYER_ALPHAS, 160, 2.5, max_experts=7),
+        alphalora_official(LLAMA2_7B_LAYER_ALPHAS),
+        mola_shape("◇", 30),
+        custom([1, 2, 3], top_k=[1, 1, 2]),
     ):
         text = result.to_json()
         data = json.loads(text)
-        assert data["schema_version"] == al.SCHEMA_VERSION
+        assert data["schema_version"] == SCHEMA_VERSION
         assert data["experts"] == list(result.experts) and data["top_k"] == list(result.top_k)
-        back = al.Allocation.from_json(text)
+        back = Allocation.from_json(text)
         assert back == result
-        assert al.Allocation.from_dict(result.to_dict()) == result
+        assert Allocation.from_dict(result.to_dict()) == result
 
 
 @pytest.mark.parametrize(
@@ -408,23 +419,23 @@ def test_json_round_trip():
     ],
 )
 def test_from_dict_errors(change, message):
-    good = al.custom([2, 3, 3]).to_dict()
+    good = custom([2, 3, 3]).to_dict()
     good["alphas"] = [2.0, 3.0, 3.5]
-    al.Allocation.from_dict(good)  # the base document is valid
+    Allocation.from_dict(good)  # the base document is valid
     bad = {**good, **change}
     with pytest.raises(AlphaLoRAError, match=message):
-        al.Allocation.from_dict(bad)
+        Allocation.from_dict(bad)
 
 
 def test_from_json_errors():
     with pytest.raises(AlphaLoRAError, match="not valid JSON"):
-        al.Allocation.from_json("{experts: 1")
+        Allocation.from_json("{experts: 1")
     with pytest.raises(AlphaLoRAError, match="must be a JSON object"):
-        al.Allocation.from_json("[1, 2]")
-    doc = al.custom([2, 3]).to_dict()
+        Allocation.from_json("[1, 2]")
+    doc = custom([2, 3]).to_dict()
     del doc["experts"]
     with pytest.raises(AlphaLoRAError, match="missing the field 'experts'"):
-        al.Allocation.from_dict(doc)
+        Allocation.from_dict(doc)
 
 
 # --------------------------------------------------------------------------- analyze tables
@@ -448,19 +459,19 @@ def _table(per_layer):
 def test_layer_alphas_from_table():
     df = _table([[2.0, 4.0, float("nan")], [3.0, 3.0, 6.0], [5.0, float("inf"), 7.0]])
     df = df.sample(frac=1.0, random_state=3)  # order of rows must not matter
-    assert al.layer_alphas_from_table(df) == pytest.approx([3.0, 4.0, 6.0])
+    assert layer_alphas_from_table(df) == pytest.approx([3.0, 4.0, 6.0])
 
 
 def test_layer_alphas_from_table_errors():
     with pytest.raises(AlphaLoRAError, match=r"Layer\(s\) \[1\] have no finite alpha"):
-        al.layer_alphas_from_table(_table([[2.0, 3.0], [float("nan"), float("nan")]]))
+        layer_alphas_from_table(_table([[2.0, 3.0], [float("nan"), float("nan")]]))
     df = _table([[2.0], [3.0], [4.0]])
     with pytest.raises(AlphaLoRAError, match=r"no rows for layer\(s\) \[1\]"):
-        al.layer_alphas_from_table(df[df["layer"] != 1])
+        layer_alphas_from_table(df[df["layer"] != 1])
     with pytest.raises(AlphaLoRAError, match=r"lacks column\(s\) \['alpha'\]"):
-        al.layer_alphas_from_table(df.drop(columns="alpha"))
+        layer_alphas_from_table(df.drop(columns="alpha"))
     with pytest.raises(AlphaLoRAError, match="no rows with a layer"):
-        al.layer_alphas_from_table(df[df["layer"].isna()])
+        layer_alphas_from_table(df[df["layer"].isna()])
 
 
 # --------------------------------------------------------------------------- presets
@@ -471,7 +482,7 @@ def test_paper_preset():
     assert preset["n_layers"] == len(preset["alphas"]) == 32
     assert preset["alphas"][0] == 2.136 and preset["alphas"][-1] == 3.483
     assert preset["family"] == "llama" and preset["budget"] == 160 and preset["beta"] == 2.5
-    assert al.lora_parameters_per_expert(preset["module_shapes"]) == 660_224
+    assert lora_parameters_per_expert(preset["module_shapes"]) == 660_224
     assert get_preset("Llama-2-7B")["name"] == "llama2-7b"
     with pytest.raises(AlphaLoRAError, match="Unknown preset"):
         get_preset("gpt-9")

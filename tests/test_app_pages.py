@@ -23,12 +23,9 @@ if str(ROOT) not in sys.path:  # pages import ui.common from the app folder
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from alphalora.allocation.params import trainable_parameters  # noqa: E402
 from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES  # noqa: E402
-from alphalora.allocation.rules import (  # noqa: E402
-    alphalora_allocation,
-    alphalora_official,
-    trainable_parameters,
-)
+from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official  # noqa: E402
 
 APP = ROOT / "app.py"
 TIMEOUT = 240  # the first analysis in a process may have to open the GGUF (seconds)
@@ -292,7 +289,7 @@ def test_allocation_export_import_and_use_for_fine_tune():
 
 def _fake_run(store, tmp_path, name: str, status: str, acc: tuple[float, float] | None) -> str:
     """A run recorded the way the trainer records one (metrics, summary, adapter folder)."""
-    from alphalora.store.runs import run_dir
+    from alphalora.store.records import run_dir
 
     run_id = store.create_run(
         {
@@ -331,7 +328,7 @@ def _fake_run(store, tmp_path, name: str, status: str, acc: tuple[float, float] 
 
 def test_runs_page_lists_filters_compares_and_offers_adapters(tmp_path):
     import ui.common
-    from alphalora.store.runs import RunStore
+    from alphalora.store.run_store import RunStore
 
     at = _app().switch_page("pages/4_Runs.py").run()
     _clean(at)
@@ -425,7 +422,7 @@ def test_fine_tune_bad_upload_shows_an_error():
 def test_fine_tune_launches_a_tiny_run_and_watches_it(tmp_path):
     from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
-    from alphalora.store.runs import RunStore
+    from alphalora.store.run_store import RunStore
 
     model = save_tiny_model(tmp_path / "tiny-model")
     task = write_jsonl(tmp_path / "reviews.jsonl", toy_reviews(60))

@@ -8,14 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from alphalora.allocation.model import Allocation
+from alphalora.allocation.params import trainable_parameters
 from alphalora.allocation.presets import LLAMA2_7B_LAYER_ALPHAS, LLAMA2_7B_MODULE_SHAPES
-from alphalora.allocation.rules import (
-    Allocation,
-    alphalora_allocation,
-    alphalora_official,
-    mola_shape,
-    trainable_parameters,
-)
+from alphalora.allocation.shapes import mola_shape
+from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
 from alphalora.errors import AlphaLoRAError
 from alphalora.spectral.fits import fit_power_law
 from ui import state as S

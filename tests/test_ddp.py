@@ -22,7 +22,8 @@ from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 from alphalora.errors import AlphaLoRAError
 from alphalora.finetune.train import latest_checkpoint, list_checkpoints, train
 from alphalora.runs import jobs
-from alphalora.store.runs import RunStore, run_dir
+from alphalora.store.records import run_dir
+from alphalora.store.run_store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240

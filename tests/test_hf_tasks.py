@@ -419,7 +419,7 @@ def test_a_saved_dataset_trains_end_to_end(tmp_path):
     from train_helpers import save_tiny_model, toy_reviews
 
     from alphalora.finetune.train import train
-    from alphalora.store.runs import RunStore
+    from alphalora.store.run_store import RunStore
 
     rows = toy_reviews(40)
     folder = _save(

@@ -17,7 +17,8 @@ import pytest
 from alphalora.cli import main
 from alphalora.errors import AlphaLoRAError
 from alphalora.runs import jobs
-from alphalora.store.runs import RunStore, run_dir
+from alphalora.store.records import run_dir
+from alphalora.store.run_store import RunStore
 
 # A stand-in for `python -m alphalora train CONFIG --run-id ID [--resume]`: it records its argv,
 # marks itself running, logs one metric every 0.2 s, and on SIGTERM marks itself cancelled
@@ -26,7 +27,8 @@ FAKE_WORKER = textwrap.dedent(
     """
     import json, os, signal, sys, time
     from pathlib import Path
-    from alphalora.store.runs import RunStore, now_iso
+    from alphalora.store.records import now_iso
+    from alphalora.store.run_store import RunStore
 
     args = sys.argv[1:]
     config_path = Path(args[0])

@@ -350,7 +350,7 @@ def test_every_adapter_parameter_gets_a_gradient_each_step():
 
 
 def test_accepts_an_allocation_object():
-    from alphalora.allocation.rules import mola_shape
+    from alphalora.allocation.shapes import mola_shape
 
     model = tiny_llama(layers=4)
     inject_moe_lora(model, mola_shape("2468", 4), targets=["q_proj"])

@@ -15,7 +15,10 @@ import pytest
 
 from alphalora.cli import main
 from alphalora.errors import AlphaLoRAError
-from alphalora.store.runs import LIST_COLUMNS, SCHEMA_VERSION, STATUSES, RunStore, run_dir
+from alphalora.store.listing import LIST_COLUMNS
+from alphalora.store.records import STATUSES, run_dir
+from alphalora.store.run_store import RunStore
+from alphalora.store.schema import SCHEMA_VERSION
 
 CONFIG = {
     "model": "tiny-llama",

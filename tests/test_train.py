@@ -20,7 +20,8 @@ from alphalora import paths
 from alphalora.errors import AlphaLoRAError
 from alphalora.finetune.config import TrainConfig, load_config, preset_names
 from alphalora.finetune.train import batch_indices, latest_checkpoint, list_checkpoints, train
-from alphalora.store.runs import RunStore, run_dir
+from alphalora.store.records import run_dir
+from alphalora.store.run_store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

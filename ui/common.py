@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from alphalora.allocation.model import Allocation
 from alphalora.allocation.presets import paper_preset
-from alphalora.allocation.rules import Allocation
 from alphalora.errors import AlphaLoRAError
 from alphalora.paths import data_dir
 from alphalora.spectral.analysis import analyze

@@ -11,16 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphalora.allocation.rules import (
-    LLAMA_TARGETS,
-    METHOD_OFFICIAL,
-    Allocation,
-    alphalora_allocation,
-    alphalora_official,
-    mola_shape,
-    trainable_parameters,
-    uniform,
-)
+from alphalora.allocation.model import METHOD_OFFICIAL, Allocation
+from alphalora.allocation.params import LLAMA_TARGETS, trainable_parameters
+from alphalora.allocation.shapes import mola_shape, uniform
+from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
 from alphalora.errors import AlphaLoRAError
 
 # --------------------------------------------------------------------------- model choices

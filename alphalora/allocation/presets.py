@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alphalora.allocation.rules import module_shapes_from_config
+from alphalora.allocation.params import module_shapes_from_config
 from alphalora.errors import AlphaLoRAError
 
 # Llama-2-7B layer-mean alphas, layers 0 → 31, from the `hill-peak` fit (PL_Alpha_Hill) as cached

@@ -11,7 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alphalora.allocation import rules as alloc
+from alphalora.allocation.layer_alphas import layer_alphas_from_table
+from alphalora.allocation.model import Allocation
+from alphalora.allocation.params import module_shapes_from_config, trainable_parameters
+from alphalora.allocation.shapes import mola_shape, uniform
+from alphalora.allocation.softmax_rules import (
+    alphalora_allocation,
+    alphalora_official,
+    beta_to_temperature,
+    temperature_to_beta,
+)
 from alphalora.errors import AlphaLoRAError
 from alphalora.paths import atomic_write_text
 
@@ -104,7 +113,7 @@ def _alphas_from_frame(df: Any, where: str) -> list[float]:
     if "alpha" not in cols and "alpha_mean" in cols and "layer" in cols:  # a per-layer table
         cols["alpha"] = cols.pop("alpha_mean")
     if "alpha" in cols and "layer" in cols:
-        return alloc.layer_alphas_from_table(
+        return layer_alphas_from_table(
             df.rename(columns={cols["alpha"]: "alpha", cols["layer"]: "layer"})
         )
     if "alpha" in cols:
@@ -184,13 +193,13 @@ def _read_config_shapes(spec: str) -> dict[str, tuple[int, int]]:
         raise AlphaLoRAError(f"The model config {spec} is not valid JSON: {exc}.") from exc
     if not isinstance(config, dict):
         raise AlphaLoRAError(f"The model config {spec} must be a JSON object.")
-    return alloc.module_shapes_from_config(config)
+    return module_shapes_from_config(config)
 
 
 # --------------------------------------------------------------------------- building
 
 
-def _build(args: argparse.Namespace) -> tuple[alloc.Allocation, dict | None]:
+def _build(args: argparse.Namespace) -> tuple[Allocation, dict | None]:
     """The allocation the arguments ask for, and module shapes if known (for counts)."""
     from alphalora.allocation.presets import get_preset
 
@@ -229,9 +238,9 @@ def _build(args: argparse.Namespace) -> tuple[alloc.Allocation, dict | None]:
         n_layers = len(alphas) if alphas is not None else (args.layers or 32)
         if args.shape.strip().lower() == "uniform":
             budget = args.budget if args.budget is not None else EXPERTS_PER_LAYER * n_layers
-            result = alloc.uniform(n_layers, budget, top_k=args.top_k)
+            result = uniform(n_layers, budget, top_k=args.top_k)
         else:
-            result = alloc.mola_shape(args.shape, n_layers, args.budget)
+            result = mola_shape(args.shape, n_layers, args.budget)
         if alphas is not None:
             result = dataclasses.replace(result, alphas=tuple(alphas))
         return result, shapes
@@ -241,7 +250,7 @@ def _build(args: argparse.Namespace) -> tuple[alloc.Allocation, dict | None]:
     if args.layers is not None and args.layers != len(alphas):
         raise AlphaLoRAError(f"--layers {args.layers} disagrees with the {len(alphas)} alphas.")
     if args.temperature is not None:
-        beta = alloc.temperature_to_beta(args.temperature)
+        beta = temperature_to_beta(args.temperature)
     else:
         beta = 2.5 if args.beta is None else args.beta
     budget = args.budget
@@ -254,8 +263,8 @@ def _build(args: argparse.Namespace) -> tuple[alloc.Allocation, dict | None]:
             )
         if args.min_at_least_top_k:
             raise AlphaLoRAError("--min-at-least-top-k only applies to --mode default.")
-        return alloc.alphalora_official(alphas, budget=budget, beta=beta), shapes
-    result = alloc.alphalora_allocation(
+        return alphalora_official(alphas, budget=budget, beta=beta), shapes
+    result = alphalora_allocation(
         alphas,
         budget,
         beta,
@@ -270,7 +279,7 @@ def _build(args: argparse.Namespace) -> tuple[alloc.Allocation, dict | None]:
 # --------------------------------------------------------------------------- printing
 
 
-def format_table(result: alloc.Allocation, params: int | None = None) -> str:
+def format_table(result: Allocation, params: int | None = None) -> str:
     """A readable per-layer table with bars, then the totals."""
     widest = max(result.experts)
     scale = 1.0 if widest <= 40 else 40 / widest
@@ -283,7 +292,7 @@ def format_table(result: alloc.Allocation, params: int | None = None) -> str:
     lines.append("")
     extra = ""
     if result.beta is not None:
-        tau = alloc.beta_to_temperature(result.beta)
+        tau = beta_to_temperature(result.beta)
         extra = f", beta {result.beta:g} (temperature {'inf' if math.isinf(tau) else f'{tau:g}'})"
     lines.append(
         f"total {result.total} experts over {result.n_layers} layers "
@@ -301,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     result, shapes = _build(args)
     params = None
     if shapes:
-        params = alloc.trainable_parameters(result, shapes, rank=args.rank)
+        params = trainable_parameters(result, shapes, rank=args.rank)
     if args.out:
         target = Path(args.out).expanduser()
         try:

@@ -9,7 +9,9 @@ from typing import Any
 
 from alphalora import paths
 from alphalora.runs import jobs
-from alphalora.store.runs import STATUSES, RunStore, run_summary_row
+from alphalora.store.listing import run_summary_row
+from alphalora.store.records import STATUSES
+from alphalora.store.run_store import RunStore
 
 LIST_SHOWN = (
     "run_id",

@@ -61,7 +61,7 @@ def _config(args: argparse.Namespace):
                 "Give a CONFIG (a JSON file or a preset name such as demo-cpu), or --run-id ID "
                 "to start a queued run (or --resume one) with the config stored in the run."
             )
-        from alphalora.store.runs import RunStore
+        from alphalora.store.run_store import RunStore
 
         stored = RunStore().get_run(args.run_id)["config"]
         config = load_config(stored)

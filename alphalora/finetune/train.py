@@ -147,7 +147,8 @@ def resolve_model_path(ref: str, progress: Progress | None = None) -> str:
 def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: str = "auto") -> Any:
     """Turn ``config.allocation`` (explicit lists or a spec) into an :class:`Allocation` for a
     model with ``n_layers`` transformer layers; refuses a layer-count mismatch."""
-    from alphalora.allocation import rules as alloc
+    from alphalora.allocation.shapes import custom, mola_shape, uniform
+    from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
 
     spec = dict(config.allocation or {"method": "alphalora"})
     if "experts" in spec:
@@ -158,18 +159,18 @@ def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: s
                 "transformer layers; give one expert count per layer."
             )
         top_k = spec.get("top_k")
-        return alloc.custom(experts, 2 if top_k is None else top_k)
+        return custom(experts, 2 if top_k is None else top_k)
     method = spec["method"]
     per_layer = spec.get("experts_per_layer") or DEFAULT_EXPERTS_PER_LAYER
     budget = spec.get("budget")
     beta = 2.5 if spec.get("beta") is None else float(spec["beta"])
     top_k = int(spec.get("top_k") or 2)
     if method == "mola":
-        return alloc.mola_shape(spec["shape"], n_layers, budget)
+        return mola_shape(spec["shape"], n_layers, budget)
     if budget is None:
         budget = int(round(per_layer * n_layers))
     if method == "uniform":
-        return alloc.uniform(n_layers, budget, top_k)
+        return uniform(n_layers, budget, top_k)
     from alphalora.spectral.analysis import layer_alphas
 
     alphas = layer_alphas(config.model, fit=spec.get("fit") or "hill-peak", device=analysis_device)
@@ -179,8 +180,8 @@ def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: s
             f"{n_layers}; cannot allocate experts per layer."
         )
     if method == "alphalora-official":
-        return alloc.alphalora_official(alphas, budget, beta)
-    return alloc.alphalora_allocation(
+        return alphalora_official(alphas, budget, beta)
+    return alphalora_allocation(
         alphas,
         budget,
         beta,
@@ -278,7 +279,7 @@ class _StopFlag:
 
 
 def _now() -> str:
-    from alphalora.store.runs import now_iso
+    from alphalora.store.records import now_iso
 
     return now_iso()
 
@@ -449,7 +450,7 @@ class _Session:
 
     def _make_folder(self) -> Path:
         """Main process: the run folder and its checkpoints folder, checked writable."""
-        from alphalora.store.runs import run_dir
+        from alphalora.store.records import run_dir
 
         try:
             folder = run_dir(self.run_id)
@@ -464,7 +465,7 @@ class _Session:
 
     def open_run(self) -> None:
         from alphalora import paths
-        from alphalora.store.runs import check_run_id
+        from alphalora.store.records import check_run_id
 
         cfg = self.config
         error = None
@@ -601,7 +602,7 @@ class _Session:
             self.store.merge_summary(self.run_id, **extra)
 
     def _allocation(self, n_layers: int) -> Any:
-        from alphalora.allocation.rules import Allocation
+        from alphalora.allocation.model import Allocation
 
         if self.resume:
             saved = self.folder / "allocation.json"
@@ -1033,7 +1034,7 @@ def train(
     in run ``run_id`` is used (a queued run created by the app, or the one resumed). Errors
     mark the run failed and are raised as :class:`AlphaLoRAError`.
     """
-    from alphalora.store.runs import RunStore
+    from alphalora.store.run_store import RunStore
 
     store = store if store is not None else RunStore()
     if config is None:

@@ -20,15 +20,15 @@ from pathlib import Path
 import alphalora
 from alphalora import paths
 from alphalora.errors import AlphaLoRAError
-from alphalora.store.runs import (
+from alphalora.store.records import (
     ACTIVE_STATUSES,
     DB_ENV_VAR,
-    RunStore,
     check_run_id,
     now_iso,
     parse_time,
     run_dir,
 )
+from alphalora.store.run_store import RunStore
 
 INTERRUPTED_ERROR = "process ended unexpectedly (see log)"
 RESUMABLE_STATUSES = ("failed", "interrupted", "cancelled")

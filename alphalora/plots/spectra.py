@@ -1,10 +1,5 @@
-"""Plotly figure builders for the app and notebooks: data in, figure out.
-
-No I/O and no Streamlit here: every function takes tables/arrays and returns a
-``plotly.graph_objects.Figure`` with axis titles (with units or conventions), hover values and
-a legend, so the same charts work in the app, a notebook or an exported HTML file.
-Eigenvalues are those of WᵀW without a 1/N factor (AlphaLoRA's convention, METHOD.md §2).
-"""
+"""Spectral figures: α per layer (line and heat map), the ESD on log-log axes with its fitted
+power law, the KS scan over candidate xmin, and a generic line figure for the Learn page."""
 
 from __future__ import annotations
 
@@ -16,72 +11,23 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-EIGEN_AXIS_TITLE = "eigenvalue λ of WᵀW (squared singular value, no 1/N)"
-DENSITY_AXIS_TITLE = "density p(λ) (share of eigenvalues per unit λ)"
-LAYER_AXIS_TITLE = "layer (transformer block index)"
-ALPHA_AXIS_TITLE = "α (power-law exponent of the ESD tail, dimensionless)"
-EXPERTS_AXIS_TITLE = "LoRA experts in the layer (count)"
-STEP_AXIS_TITLE = "training step (optimizer updates)"
+from alphalora.plots.style import (
+    ALPHA_AXIS_TITLE,
+    COLOURS,
+    DENSITY_AXIS_TITLE,
+    EIGEN_AXIS_TITLE,
+    LAYER_AXIS_TITLE,
+    apply_layout,
+    empty_figure,
+    layer_dtick,
+)
 
 #: The usual order of a transformer block's projections (others follow alphabetically).
 KIND_ORDER = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "gate_up",
 )  # fmt: skip
 _NOT_KIND = {"alpha_mean", "alpha_std", "alpha_weighted_mean"}
-COLOURS = (
-    "#6C3FC5", "#E4572E", "#17BEBB", "#FFC914", "#2E86AB", "#76B041", "#B5179E", "#8D6A9F",
-    "#F18F01", "#3A3A3A",
-)  # fmt: skip
-_GRID = "#E6E6EC"
 _SYMBOLS = ("circle", "square", "diamond", "cross", "x", "triangle-up", "triangle-down", "star")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, **extra: Any) -> go.Figure:
-    """Common look: white template, titled axes, closest-point hover, legend on top."""
-    fig.update_layout(
-        # Title on top of the figure, legend in rows between it and the plot: never overlapping.
-        title={
-            "text": title,
-            "x": 0.0,
-            "xanchor": "left",
-            "y": 0.98,
-            "yref": "container",
-            "yanchor": "top",
-        },
-        # plotly_white's look without its template (assigning a named template deep-copies it:
-        # ~15 ms per figure, most of a slider redraw). The app's theme restyles it anyway.
-        paper_bgcolor="white",
-        plot_bgcolor="white",
-        hovermode="closest",
-        margin={"l": 70, "r": 30, "t": 110, "b": 60},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
-        **extra,
-    )
-    fig.layout.xaxis.title.text = x_title  # the primary axes only (a y2 keeps its own title)
-    fig.layout.yaxis.title.text = y_title
-    fig.update_xaxes(showgrid=True, gridcolor=_GRID, zeroline=False, linecolor=_GRID)
-    fig.update_yaxes(showgrid=True, gridcolor=_GRID, zeroline=False, linecolor=_GRID)
-    return fig
-
-
-def _layer_dtick(n: int) -> int | None:
-    """Layer tick spacing that keeps the labels readable in a half-width chart."""
-    if n <= 16:
-        return 1
-    return 2 if n <= 40 else None
-
-
-def empty_figure(message: str, x_title: str = "", y_title: str = "", title: str = "") -> go.Figure:
-    """A figure with titled axes and a centred note, for charts with no data yet."""
-    fig = go.Figure()
-    fig.add_annotation(
-        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-        font={"size": 14, "color": "#666"},
-    )  # fmt: skip
-    return _layout(fig, title, x_title, y_title)
 
 
 def kind_columns(layers: pd.DataFrame) -> list[str]:
@@ -93,9 +39,6 @@ def kind_columns(layers: pd.DataFrame) -> list[str]:
 
 def _finite(values: Any) -> np.ndarray:
     return np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=np.float64)
-
-
-# --------------------------------------------------------------------------- spectra
 
 
 def layer_alpha_figure(
@@ -133,8 +76,8 @@ def layer_alpha_figure(
             x0=highlight_layer - 0.5, x1=highlight_layer + 0.5, fillcolor="#FFC914", opacity=0.25,
             line_width=0, layer="below",
         )  # fmt: skip
-    fig.update_xaxes(dtick=_layer_dtick(len(x)), range=[-0.6, len(x) - 0.4] if len(x) else None)
-    return _layout(fig, title, LAYER_AXIS_TITLE, ALPHA_AXIS_TITLE, clickmode="event+select")
+    fig.update_xaxes(dtick=layer_dtick(len(x)), range=[-0.6, len(x) - 0.4] if len(x) else None)
+    return apply_layout(fig, title, LAYER_AXIS_TITLE, ALPHA_AXIS_TITLE, clickmode="event+select")
 
 
 def alpha_heatmap(layers: pd.DataFrame, *, title: str = "α per layer and module kind") -> go.Figure:
@@ -166,7 +109,7 @@ def alpha_heatmap(layers: pd.DataFrame, *, title: str = "α per layer and module
             hovertemplate="layer %{x}<br>%{y}<br>α = %{customdata:.3f}<extra></extra>",
         )
     )  # fmt: skip
-    return _layout(fig, title, LAYER_AXIS_TITLE, "module kind", clickmode="event+select")
+    return apply_layout(fig, title, LAYER_AXIS_TITLE, "module kind", clickmode="event+select")
 
 
 def log_bins(values: np.ndarray, n_bins: int = 60) -> np.ndarray:
@@ -298,7 +241,7 @@ def esd_figure(
     fig.update_xaxes(type="log", exponentformat="power")
     fig.update_yaxes(type="log", exponentformat="power", dtick=1,
                      range=[math.log10(y_lo), math.log10(y_hi)])  # fmt: skip
-    return _layout(fig, title, EIGEN_AXIS_TITLE, DENSITY_AXIS_TITLE)
+    return apply_layout(fig, title, EIGEN_AXIS_TITLE, DENSITY_AXIS_TITLE)
 
 
 def ks_scan_figure(
@@ -346,7 +289,7 @@ def ks_scan_figure(
         yaxis2={"title": {"text": "α (dimensionless)"}, "overlaying": "y", "side": "right",
                 "showgrid": False},
     )  # fmt: skip
-    return _layout(fig, title, f"candidate xmin ({EIGEN_AXIS_TITLE})", "KS distance D (0–1)")
+    return apply_layout(fig, title, f"candidate xmin ({EIGEN_AXIS_TITLE})", "KS distance D (0–1)")
 
 
 def line_figure(
@@ -380,168 +323,4 @@ def line_figure(
             )
     if log_x:
         fig.update_xaxes(type="log", exponentformat="power")
-    return _layout(fig, title, x_title, y_title)
-
-
-# --------------------------------------------------------------------------- allocation
-
-
-def allocation_figure(
-    experts: Sequence[int],
-    *,
-    label: str = "AlphaLoRA",
-    comparisons: Mapping[str, Sequence[int]] | None = None,
-    alphas: Sequence[float] | None = None,
-    title: str = "Experts per layer",
-) -> go.Figure:
-    """Bars of experts per layer, comparison allocations as step lines, layer α on a 2nd axis."""
-    n = len(experts)
-    layers = list(range(n))
-    fig = go.Figure()
-    fig.add_trace(
-        go.Bar(
-            x=layers, y=list(experts), name=label, marker_color=COLOURS[0], opacity=0.85,
-            hovertemplate="layer %{x}<br>%{y} experts<extra>" + label[:40] + "</extra>",
-        )
-    )  # fmt: skip
-    for i, (name, values) in enumerate((comparisons or {}).items()):
-        if len(values) != n:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=layers, y=list(values), mode="lines", name=name,
-                line={"color": COLOURS[(i + 1) % len(COLOURS)], "width": 2.5, "shape": "hvh",
-                      "dash": ("solid", "dash", "dot")[i % 3]},
-                hovertemplate="layer %{x}<br>%{y} experts<extra>" + name[:40] + "</extra>",
-            )
-        )  # fmt: skip
-    if alphas is not None and len(alphas) == n:
-        fig.add_trace(
-            go.Scatter(
-                x=layers, y=list(alphas), mode="lines+markers", name="layer α (right axis)",
-                yaxis="y2", line={"color": "#555", "width": 1.5, "dash": "dot"},
-                marker={"size": 5}, hovertemplate="layer %{x}<br>α = %{y:.3f}<extra></extra>",
-            )
-        )  # fmt: skip
-        fig.update_layout(
-            yaxis2={"title": {"text": "layer α (mean over the block)"}, "overlaying": "y",
-                    "side": "right", "showgrid": False},
-        )  # fmt: skip
-    fig.update_layout(bargap=0.15)
-    fig.update_xaxes(dtick=_layer_dtick(n), range=[-0.6, n - 0.4])
-    fig.update_yaxes(rangemode="tozero")
-    return _layout(fig, title, LAYER_AXIS_TITLE, EXPERTS_AXIS_TITLE)
-
-
-# --------------------------------------------------------------------------- runs
-
-
-def _run_label(run_id: str, labels: Mapping[str, str] | None) -> str:
-    return (labels or {}).get(run_id) or run_id
-
-
-def metric_curves_figure(
-    metrics: pd.DataFrame,
-    column: str,
-    *,
-    y_title: str,
-    title: str,
-    labels: Mapping[str, str] | None = None,
-    split: str | None = None,
-    log_y: bool = False,
-) -> go.Figure:
-    """One line per run (and per split, eval dashed) of ``column`` against the step."""
-    if metrics is None or metrics.empty or column not in metrics.columns:
-        return empty_figure("No values logged yet.", STEP_AXIS_TITLE, y_title, title)
-    df = metrics if split is None else metrics[metrics["split"] == split]
-    df = df[pd.to_numeric(df[column], errors="coerce").notna()]
-    if df.empty:
-        return empty_figure("No values logged yet.", STEP_AXIS_TITLE, y_title, title)
-    fig = go.Figure()
-    run_ids = list(dict.fromkeys(df["run_id"]))
-    for i, run_id in enumerate(run_ids):
-        for split_name, part in df[df["run_id"] == run_id].groupby("split", sort=True):
-            name = _run_label(run_id, labels)
-            if df["split"].nunique() > 1:
-                name = f"{name} ({split_name})"
-            fig.add_trace(
-                go.Scatter(
-                    x=part["step"], y=part[column].astype(float), mode="lines+markers",
-                    name=name,
-                    line={"color": COLOURS[i % len(COLOURS)], "width": 2,
-                          "dash": "solid" if split_name == "train" else "dash"},
-                    marker={"size": 4 if split_name == "train" else 7},
-                    hovertemplate=f"{name}<br>step %{{x}}<br>{column} = %{{y:.4g}}<extra></extra>",
-                )
-            )  # fmt: skip
-    if log_y:
-        fig.update_yaxes(type="log", exponentformat="power")
-    return _layout(fig, title, STEP_AXIS_TITLE, y_title)
-
-
-def router_matrix(load: Any) -> np.ndarray:
-    """Router load as a (layer × expert) array, padding layers with fewer experts with NaN.
-
-    Accepts a list of per-layer lists, a dict {layer: list} or a flat list (one layer).
-    """
-    if isinstance(load, Mapping):
-        keys = sorted(load, key=lambda k: int(k) if str(k).lstrip("-").isdigit() else str(k))
-        rows = [load[k] for k in keys]
-    elif (
-        isinstance(load, Sequence | np.ndarray)
-        and len(load)
-        and not isinstance(load[0], Sequence | np.ndarray | Mapping)
-    ):
-        rows = [load]
-    else:
-        rows = list(load or [])
-    rows = [list(r.values()) if isinstance(r, Mapping) else list(r) for r in rows]
-    width = max((len(r) for r in rows), default=0)
-    out = np.full((len(rows), width), np.nan)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = np.asarray(r, dtype=np.float64)
-    return out
-
-
-def router_load_figure(
-    load: Any, *, title: str = "Router load per layer (latest evaluation)"
-) -> go.Figure:
-    """Heat map layer × expert of the share of top-k assignments each expert received."""
-    z = router_matrix(load)
-    if z.size == 0:
-        return empty_figure("No router load logged yet.", "expert index", LAYER_AXIS_TITLE, title)
-    fig = go.Figure(
-        go.Heatmap(
-            z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), colorscale="Magma",
-            reversescale=True, colorbar={"title": {"text": "share of<br>assignments"}},
-            hovertemplate="layer %{y}<br>expert %{x}<br>share = %{z:.3f}<extra></extra>",
-        )
-    )  # fmt: skip
-    fig.update_xaxes(dtick=1)
-    return _layout(fig, title, "expert index (within the layer)", LAYER_AXIS_TITLE)
-
-
-def run_comparison_figure(
-    table: pd.DataFrame, *, title: str = "Held-out accuracy: before → after"
-) -> go.Figure:
-    """Grouped bars of accuracy before/after per run (``label``, ``accuracy_before``,
-    ``accuracy_after`` columns)."""
-    if table is None or table.empty:
-        return empty_figure(
-            "Select runs to compare.", "run", "accuracy (share correct, 0–1)", title
-        )
-    fig = go.Figure()
-    for i, (col, name) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
-        if col not in table:
-            continue
-        fig.add_trace(
-            go.Bar(
-                x=table["label"], y=pd.to_numeric(table[col], errors="coerce"), name=name,
-                marker_color=COLOURS[i * 2], text=pd.to_numeric(table[col], errors="coerce").round(3),
-                textposition="outside",
-                hovertemplate="%{x}<br>" + name + ": %{y:.3f}<extra></extra>",
-            )
-        )  # fmt: skip
-    fig.update_layout(barmode="group")
-    fig.update_yaxes(range=[0, 1.05])
-    return _layout(fig, title, "run", "accuracy (share correct, 0–1)")
+    return apply_layout(fig, title, x_title, y_title)

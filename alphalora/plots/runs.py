@@ -1,0 +1,130 @@
+"""Fine-tune run figures: metric curves per run and split, router load per layer and expert,
+and the before/after accuracy comparison of several runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from alphalora.plots.style import (
+    COLOURS,
+    LAYER_AXIS_TITLE,
+    STEP_AXIS_TITLE,
+    apply_layout,
+    empty_figure,
+)
+
+
+def _run_label(run_id: str, labels: Mapping[str, str] | None) -> str:
+    return (labels or {}).get(run_id) or run_id
+
+
+def metric_curves_figure(
+    metrics: pd.DataFrame,
+    column: str,
+    *,
+    y_title: str,
+    title: str,
+    labels: Mapping[str, str] | None = None,
+    split: str | None = None,
+    log_y: bool = False,
+) -> go.Figure:
+    """One line per run (and per split, eval dashed) of ``column`` against the step."""
+    if metrics is None or metrics.empty or column not in metrics.columns:
+        return empty_figure("No values logged yet.", STEP_AXIS_TITLE, y_title, title)
+    df = metrics if split is None else metrics[metrics["split"] == split]
+    df = df[pd.to_numeric(df[column], errors="coerce").notna()]
+    if df.empty:
+        return empty_figure("No values logged yet.", STEP_AXIS_TITLE, y_title, title)
+    fig = go.Figure()
+    run_ids = list(dict.fromkeys(df["run_id"]))
+    for i, run_id in enumerate(run_ids):
+        for split_name, part in df[df["run_id"] == run_id].groupby("split", sort=True):
+            name = _run_label(run_id, labels)
+            if df["split"].nunique() > 1:
+                name = f"{name} ({split_name})"
+            fig.add_trace(
+                go.Scatter(
+                    x=part["step"], y=part[column].astype(float), mode="lines+markers",
+                    name=name,
+                    line={"color": COLOURS[i % len(COLOURS)], "width": 2,
+                          "dash": "solid" if split_name == "train" else "dash"},
+                    marker={"size": 4 if split_name == "train" else 7},
+                    hovertemplate=f"{name}<br>step %{{x}}<br>{column} = %{{y:.4g}}<extra></extra>",
+                )
+            )  # fmt: skip
+    if log_y:
+        fig.update_yaxes(type="log", exponentformat="power")
+    return apply_layout(fig, title, STEP_AXIS_TITLE, y_title)
+
+
+def router_matrix(load: Any) -> np.ndarray:
+    """Router load as a (layer × expert) array, padding layers with fewer experts with NaN.
+
+    Accepts a list of per-layer lists, a dict {layer: list} or a flat list (one layer).
+    """
+    if isinstance(load, Mapping):
+        keys = sorted(load, key=lambda k: int(k) if str(k).lstrip("-").isdigit() else str(k))
+        rows = [load[k] for k in keys]
+    elif (
+        isinstance(load, Sequence | np.ndarray)
+        and len(load)
+        and not isinstance(load[0], Sequence | np.ndarray | Mapping)
+    ):
+        rows = [load]
+    else:
+        rows = list(load or [])
+    rows = [list(r.values()) if isinstance(r, Mapping) else list(r) for r in rows]
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = np.asarray(r, dtype=np.float64)
+    return out
+
+
+def router_load_figure(
+    load: Any, *, title: str = "Router load per layer (latest evaluation)"
+) -> go.Figure:
+    """Heat map layer × expert of the share of top-k assignments each expert received."""
+    z = router_matrix(load)
+    if z.size == 0:
+        return empty_figure("No router load logged yet.", "expert index", LAYER_AXIS_TITLE, title)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), colorscale="Magma",
+            reversescale=True, colorbar={"title": {"text": "share of<br>assignments"}},
+            hovertemplate="layer %{y}<br>expert %{x}<br>share = %{z:.3f}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_xaxes(dtick=1)
+    return apply_layout(fig, title, "expert index (within the layer)", LAYER_AXIS_TITLE)
+
+
+def run_comparison_figure(
+    table: pd.DataFrame, *, title: str = "Held-out accuracy: before → after"
+) -> go.Figure:
+    """Grouped bars of accuracy before/after per run (``label``, ``accuracy_before``,
+    ``accuracy_after`` columns)."""
+    if table is None or table.empty:
+        return empty_figure(
+            "Select runs to compare.", "run", "accuracy (share correct, 0–1)", title
+        )
+    fig = go.Figure()
+    for i, (col, name) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
+        if col not in table:
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=table["label"], y=pd.to_numeric(table[col], errors="coerce"), name=name,
+                marker_color=COLOURS[i * 2], text=pd.to_numeric(table[col], errors="coerce").round(3),
+                textposition="outside",
+                hovertemplate="%{x}<br>" + name + ": %{y:.3f}<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.05])
+    return apply_layout(fig, title, "run", "accuracy (share correct, 0–1)")
