@@ -10,8 +10,9 @@ import streamlit as st
 from alphalora.allocation.softmax_rules import alphalora_allocation
 from alphalora.errors import AlphaLoRAError
 from alphalora.finetune.config import DEVICES, load_config
-from alphalora.finetune.data import ROTTEN_TOMATOES, load_task
-from alphalora.finetune.hf_tasks import HF_PREFIX, canonical_hf_spec
+from alphalora.finetune.tasks.hf_spec import HF_PREFIX, canonical_hf_spec
+from alphalora.finetune.tasks.load import load_task
+from alphalora.finetune.tasks.shipped import ROTTEN_TOMATOES
 from alphalora.paths import atomic_write_bytes, subdir
 from alphalora.plots.runs import metric_curves_figure, router_load_figure
 from alphalora.runs import jobs

@@ -122,8 +122,9 @@ def test_the_job_launcher_for_several_processes_is_accelerate_launch():
 def test_two_processes_make_one_run_that_a_single_process_confirms(straight, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alphalora.finetune.data import evaluate, load_task
     from alphalora.finetune.moe import load_adapter
+    from alphalora.finetune.scoring import evaluate
+    from alphalora.finetune.tasks.load import load_task
 
     out = straight["proc"].stdout + straight["proc"].stderr
     assert straight["proc"].stdout.count(": completed") == 1  # only rank 0 reports

@@ -1,5 +1,5 @@
-"""Hugging Face datasets as tasks (alphalora.finetune.hf_tasks): spec parsing, layouts, splits, caps,
-errors, the Fine-tune page option and a short training run. Offline; data built locally."""
+"""Hugging Face datasets as tasks (alphalora.finetune.tasks.hf_*): spec parsing, layouts, splits,
+caps, errors, the Fine-tune page option and a short training run. Offline; data built locally."""
 
 from __future__ import annotations
 
@@ -8,8 +8,19 @@ from pathlib import Path
 import pytest
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.finetune import data, hf_tasks
-from alphalora.finetune.hf_tasks import HFSpec, format_hf_spec, load_hf_task, parse_hf_spec
+from alphalora.finetune.tasks.examples import Example
+from alphalora.finetune.tasks.hf_layout import HF_CLASSIFY_TEMPLATE
+from alphalora.finetune.tasks.hf_spec import (
+    HF_MAX_TRAIN,
+    HFSpec,
+    canonical_hf_spec,
+    format_hf_spec,
+    is_hf_spec,
+    parse_hf_spec,
+)
+from alphalora.finetune.tasks.hf_task import HF_LICENCE_UNKNOWN, load_hf_task
+from alphalora.finetune.tasks.load import load_task
+from alphalora.finetune.tasks.records import MC_TEMPLATE
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +83,7 @@ def _parquet_folder(folder: Path, splits: dict[str, dict[str, list]]) -> Path:
     return folder
 
 
-def _gold(example: data.Example) -> str:
+def _gold(example: Example) -> str:
     """The label the toy rows were built with, read back from the prompt's review number."""
     number = int(example.prompt.split("review ")[1].split("\n")[0])
     return SENT[number % 2]
@@ -85,7 +96,7 @@ def test_spec_parsing_round_trips_and_defaults():
     spec = parse_hf_spec("hf:cornell-movie-review-data/rotten_tomatoes")
     assert spec == HFSpec(name="cornell-movie-review-data/rotten_tomatoes")
     assert (spec.config, spec.split, spec.eval_split) == (None, "train", None)
-    assert (spec.max_train, spec.max_eval) == (hf_tasks.HF_MAX_TRAIN, 500)
+    assert (spec.max_train, spec.max_eval) == (HF_MAX_TRAIN, 500)
     glue = parse_hf_spec(" hf:nyu-mll/glue:sst2?text=sentence&max_train=5000&eval_split=validation")
     assert (glue.name, glue.config, glue.text, glue.max_train) == (
         "nyu-mll/glue",
@@ -101,7 +112,7 @@ def test_spec_parsing_round_trips_and_defaults():
     assert mapped.columns() == {"prompt": "instruction", "answer": "output"}
     assert parse_hf_spec("hf:C:\\data\\set").name == "C:\\data\\set"  # a drive, not a config
     assert parse_hf_spec("hf:q?question=q&choices=opts&answer=gold&max_eval=7").max_eval == 7
-    assert hf_tasks.is_hf_spec("hf:x") and not hf_tasks.is_hf_spec("rotten-tomatoes")
+    assert is_hf_spec("hf:x") and not is_hf_spec("rotten-tomatoes")
 
 
 @pytest.mark.parametrize(
@@ -127,10 +138,10 @@ def test_bad_specs_are_refused_with_the_reason(text, message):
 def test_a_relative_folder_becomes_absolute_for_background_jobs(tmp_path, monkeypatch):
     _save(tmp_path / "saved", {"train": _reviews(4)}, _classlabel_features())
     monkeypatch.chdir(tmp_path)
-    assert hf_tasks.canonical_hf_spec("hf:saved?max_eval=3") == (
+    assert canonical_hf_spec("hf:saved?max_eval=3") == (
         f"hf:{(tmp_path / 'saved').resolve()}?max_eval=3"
     )
-    assert hf_tasks.canonical_hf_spec("hf:nyu-mll/glue:sst2") == "hf:nyu-mll/glue:sst2"
+    assert canonical_hf_spec("hf:nyu-mll/glue:sst2") == "hf:nyu-mll/glue:sst2"
 
 
 # --------------------------------------------------------------------------- layouts
@@ -146,10 +157,10 @@ def test_classlabel_classification_uses_the_class_names_and_drops_hidden_labels(
         },
         _classlabel_features(),
     )
-    task = data.load_task(f"hf:{folder}")
+    task = load_task(f"hf:{folder}")
     assert task.name == "sst" and task.scoring == "choice"
     assert task.choices == (" negative", " positive")
-    assert task.template == hf_tasks.HF_CLASSIFY_TEMPLATE == "Text: {text}\nLabel:"
+    assert task.template == HF_CLASSIFY_TEMPLATE == "Text: {text}\nLabel:"
     assert len(task.train) == 38 and len(task.eval) == 9  # the -1 rows are gone
     for ex in task.train + task.eval:
         assert ex.prompt.startswith("Text: review ") and ex.prompt.endswith("\nLabel:")
@@ -158,8 +169,8 @@ def test_classlabel_classification_uses_the_class_names_and_drops_hidden_labels(
     assert any("evaluation on split 'validation'" in n for n in task.notes)
     assert any("dropped 2 row(s) without a label" in n for n in task.notes)
     assert task.source.startswith(f"hf:{folder} (fingerprint ")
-    assert task.licence == hf_tasks.HF_LICENCE_UNKNOWN
-    free = data.load_task(f"hf:{folder}", scoring="generate")
+    assert task.licence == HF_LICENCE_UNKNOWN
+    free = load_task(f"hf:{folder}", scoring="generate")
     assert free.scoring == "generate" and free.choices is None and free.eval[0].choices is None
     assert free.eval[0].answer in (" negative", " positive")
 
@@ -173,7 +184,7 @@ def test_the_dataset_licence_is_reported(tmp_path):
         _classlabel_features(),
         DatasetInfo(license="cc-by-4.0", features=_classlabel_features()),
     )
-    assert data.load_task(f"hf:{folder}").licence == "cc-by-4.0"
+    assert load_task(f"hf:{folder}").licence == "cc-by-4.0"
 
 
 def test_without_a_labelled_eval_split_a_seeded_holdout_is_used(tmp_path):
@@ -182,10 +193,10 @@ def test_without_a_labelled_eval_split_a_seeded_holdout_is_used(tmp_path):
         {"train": _reviews(50), "test": _reviews(5, start=90, hidden=set(range(5)))},
         _classlabel_features(),
     )
-    task = data.load_task(f"hf:{folder}")
+    task = load_task(f"hf:{folder}")
     assert len(task.eval) == 10 and len(task.train) == 40  # 20 % held out, as for user files
     assert not {ex.prompt for ex in task.eval} & {ex.prompt for ex in task.train}
-    assert data.load_task(f"hf:{folder}").eval == task.eval
+    assert load_task(f"hf:{folder}").eval == task.eval
     assert any("split 'test' skipped" in n for n in task.notes)
     assert any("held out for evaluation" in n for n in task.notes)
     # A single saved Dataset (no splits) is the train split.
@@ -193,7 +204,7 @@ def test_without_a_labelled_eval_split_a_seeded_holdout_is_used(tmp_path):
 
     single = tmp_path / "single"
     Dataset.from_dict(_reviews(20), features=_classlabel_features()).save_to_disk(str(single))
-    one = data.load_task(f"hf:{single}")
+    one = load_task(f"hf:{single}")
     assert len(one.train) == 16 and len(one.eval) == 4
 
 
@@ -204,7 +215,7 @@ def test_prompt_answer_parquet_folder(tmp_path):
     }
     val = {"prompt": ["Q: 100 plus one?\nA:", "Q: 7 plus one?\nA:"], "answer": ["101", "8"]}
     folder = _parquet_folder(tmp_path / "sums", {"train": rows, "validation": val})
-    task = data.load_task(f"hf:{folder}")
+    task = load_task(f"hf:{folder}")
     assert task.template == "{prompt}" and task.scoring == "generate" and task.choices is None
     assert len(task.train) == 30 and len(task.eval) == 2
     assert sorted((ex.prompt, ex.answer) for ex in task.eval) == [
@@ -213,7 +224,7 @@ def test_prompt_answer_parquet_folder(tmp_path):
     ]
     assert task.source.startswith(f"hf:{folder}")
     labels = {"prompt": [f"Is {i} even?" for i in range(20)], "answer": ["yes", "no"] * 10}
-    yes_no = data.load_task(f"hf:{_parquet_folder(tmp_path / 'even', {'train': labels})}")
+    yes_no = load_task(f"hf:{_parquet_folder(tmp_path / 'even', {'train': labels})}")
     assert yes_no.scoring == "choice" and yes_no.choices == (" no", " yes")
 
 
@@ -224,8 +235,8 @@ def test_question_choices_answer_in_every_spelling(tmp_path):
         "answer": ["blue", "B", "1", "0"],
     }
     folder = _save(tmp_path / "mc", {"train": train, "validation": train})
-    task = data.load_task(f"hf:{folder}")
-    assert task.scoring == "choice" and task.template == data.MC_TEMPLATE
+    task = load_task(f"hf:{folder}")
+    assert task.scoring == "choice" and task.template == MC_TEMPLATE
     by_question = {ex.prompt.split("\n")[0]: ex for ex in task.eval}
     assert by_question["Question: Sky colour?"].answer == " A"
     assert by_question["Question: Two plus two?"].answer == " B"
@@ -244,16 +255,16 @@ def test_question_choices_answer_in_every_spelling(tmp_path):
         "key": ["2", "A"],
     }
     spec = f"hf:{_save(tmp_path / 'arc', {'train': arc})}?question=stem&choices=options&answer=key"
-    everything = data.load_task(spec)
+    everything = load_task(spec)
     examples = everything.train + everything.eval
     gold = {ex.prompt.split("\n")[0]: ex.answer for ex in examples}
     assert gold == {"Question: Which is a gas?": " B", "Question: Which is a metal?": " A"}
     ints = {"question": ["a?", "b?", "c?"], "choices": [["x", "y"]] * 3, "answer": [1, 0, -1]}
-    by_index = data.load_task(f"hf:{_save(tmp_path / 'idx', {'train': ints})}")
+    by_index = load_task(f"hf:{_save(tmp_path / 'idx', {'train': ints})}")
     assert sorted(ex.answer for ex in by_index.train + by_index.eval) == [" A", " B"]
     bad = {"question": ["a?", "b?"], "choices": [["x", "y"]] * 2, "answer": ["z", "x"]}
     with pytest.raises(AlphaLoRAError, match="the answer 'z' is neither one of the choices"):
-        data.load_task(f"hf:{_save(tmp_path / 'bad', {'train': bad})}")
+        load_task(f"hf:{_save(tmp_path / 'bad', {'train': bad})}")
 
 
 def test_explicit_column_mapping(tmp_path):
@@ -263,7 +274,7 @@ def test_explicit_column_mapping(tmp_path):
         "id": list(range(12)),
     }
     folder = _parquet_folder(tmp_path / "inst", {"train": rows})
-    task = data.load_task(f"hf:{folder}?prompt=instruction&answer=output")
+    task = load_task(f"hf:{folder}?prompt=instruction&answer=output")
     assert {(ex.prompt, ex.answer) for ex in task.train + task.eval} == {
         ("Say hi.", " hi"),
         ("Say bye.", " bye"),
@@ -272,14 +283,12 @@ def test_explicit_column_mapping(tmp_path):
     }
     # String labels under other names; integer labels without class names become " 0"/" 1".
     polar = {"body_text": [f"t{i}" for i in range(20)], "polarity": ["pos", "neg"] * 10}
-    named = data.load_task(
+    named = load_task(
         f"hf:{_parquet_folder(tmp_path / 'polar', {'train': polar})}?text=body_text&label=polarity"
     )
     assert named.choices == (" neg", " pos") and named.train[0].prompt.startswith("Text: t")
     ints = {"text": [f"t{i}" for i in range(20)], "stars": [0, 1] * 10}
-    numbered = data.load_task(
-        f"hf:{_parquet_folder(tmp_path / 'ints', {'train': ints})}?label=stars"
-    )
+    numbered = load_task(f"hf:{_parquet_folder(tmp_path / 'ints', {'train': ints})}?label=stars")
     assert numbered.choices == (" 0", " 1") and numbered.scoring == "choice"
     assert any("'text': 'text', 'label': 'stars'" in n for n in numbered.notes)
 
@@ -296,19 +305,19 @@ def test_explicit_eval_split_and_caps_are_seeded(tmp_path):
         _classlabel_features(),
     )
     spec = f"hf:{folder}?max_train=50&max_eval=20"
-    task = data.load_task(spec)
+    task = load_task(spec)
     assert len(task.train) == 50 and len(task.eval) == 20
     assert all(1000 <= int(ex.prompt.split()[2]) < 1100 for ex in task.eval)
-    again = data.load_task(spec)
+    again = load_task(spec)
     assert again.train == task.train and again.eval == task.eval
     other = load_hf_task(spec, seed=1)
     assert [ex.prompt for ex in other.train] != [ex.prompt for ex in task.train]
     assert any("train capped at 50" in n and "of 300" in n for n in task.notes)
     assert any("eval capped at 20" in n and "of 100" in n for n in task.notes)
     assert all(ex.answer == " " + _gold(ex) for ex in task.train + task.eval)
-    chosen = data.load_task(f"hf:{folder}?eval_split=extra")
+    chosen = load_task(f"hf:{folder}?eval_split=extra")
     assert len(chosen.eval) == 30 and all(int(ex.prompt.split()[2]) >= 5000 for ex in chosen.eval)
-    swapped = data.load_task(f"hf:{folder}?split=validation&eval_split=train&max_eval=5")
+    swapped = load_task(f"hf:{folder}?split=validation&eval_split=train&max_eval=5")
     assert len(swapped.train) == 100 and len(swapped.eval) == 5
 
 
@@ -317,7 +326,7 @@ def test_explicit_eval_split_and_caps_are_seeded(tmp_path):
 
 def test_an_uncached_hub_name_offline_says_what_to_do(_offline_datasets):
     with pytest.raises(AlphaLoRAError) as info:
-        data.load_task("hf:alphalora-tests/never-cached-dataset")
+        load_task("hf:alphalora-tests/never-cached-dataset")
     message = str(info.value)
     assert "alphalora-tests/never-cached-dataset" in message
     assert "HF_DATASETS_CACHE" in message and "HF_HOME" in message
@@ -336,15 +345,15 @@ def test_config_errors_list_the_configs(tmp_path):
         encoding="utf-8",
     )
     with pytest.raises(AlphaLoRAError, match="needs one: small, large") as info:
-        data.load_task(f"hf:{folder}")
+        load_task(f"hf:{folder}")
     assert f"hf:{folder}:small" in str(info.value)
     with pytest.raises(AlphaLoRAError, match="has no config 'medium'.*small, large"):
-        data.load_task(f"hf:{folder}:medium")
-    large = data.load_task(f"hf:{folder}:large?label=label")
+        load_task(f"hf:{folder}:medium")
+    large = load_task(f"hf:{folder}:large?label=label")
     assert large.name == "two-configs:large" and large.choices == (" 0", " 1")
     saved = _save(tmp_path / "saved", {"train": _reviews(4)}, _classlabel_features())
     with pytest.raises(AlphaLoRAError, match="has no configs; drop ':x'"):
-        data.load_task(f"hf:{saved}:x")
+        load_task(f"hf:{saved}:x")
 
 
 def test_column_split_and_label_errors(tmp_path):
@@ -356,49 +365,49 @@ def test_column_split_and_label_errors(tmp_path):
     with pytest.raises(
         AlphaLoRAError, match=r"no column\(s\) \['review'\].*\['sentence', 'label'\]"
     ):
-        data.load_task(f"hf:{folder}?text=review")
+        load_task(f"hf:{folder}?text=review")
     with pytest.raises(AlphaLoRAError, match=r"no split 'dev'; its splits are \['train', 'valid"):
-        data.load_task(f"hf:{folder}?split=dev")
+        load_task(f"hf:{folder}?split=dev")
     with pytest.raises(AlphaLoRAError, match=r"no split 'dev'.*eval_split"):
-        data.load_task(f"hf:{folder}?eval_split=dev")
+        load_task(f"hf:{folder}?eval_split=dev")
     with pytest.raises(AlphaLoRAError, match="split 'validation' has no labelled rows"):
-        data.load_task(f"hf:{folder}?eval_split=validation")
+        load_task(f"hf:{folder}?eval_split=validation")
     with pytest.raises(AlphaLoRAError, match="split 'validation' has no labelled rows"):
-        data.load_task(f"hf:{folder}?split=validation")
+        load_task(f"hf:{folder}?split=validation")
     with pytest.raises(AlphaLoRAError, match=r"do not fit the classification layout"):
-        data.load_task(f"hf:{folder}?text=sentence&answer=label")
+        load_task(f"hf:{folder}?text=sentence&answer=label")
     odd = _parquet_folder(tmp_path / "odd", {"train": {"a": [1, 2], "b": [3, 4]}})
     with pytest.raises(AlphaLoRAError, match=r"columns \['a', 'b'\]; no layout was recognised"):
-        data.load_task(f"hf:{odd}")
+        load_task(f"hf:{odd}")
     mismatch = _save(
         tmp_path / "mismatch",
         {"train": _reviews(6), "validation": {"other": ["x"], "label": [0]}},
     )
     with pytest.raises(AlphaLoRAError, match=r"'validation' lacks the column\(s\) \['sentence'\]"):
-        data.load_task(f"hf:{mismatch}")
+        load_task(f"hf:{mismatch}")
 
 
 def test_missing_empty_and_scripted_folders(tmp_path):
     with pytest.raises(AlphaLoRAError, match="does not exist"):
-        data.load_task(f"hf:{tmp_path / 'nope'}")
+        load_task(f"hf:{tmp_path / 'nope'}")
     with pytest.raises(AlphaLoRAError, match="does not exist"):
-        data.load_task("hf:./not-here-either")
+        load_task("hf:./not-here-either")
     (tmp_path / "file.csv").write_text("prompt,answer\na,b\n", encoding="utf-8")
     with pytest.raises(AlphaLoRAError, match="is a file.*without the hf: prefix"):
-        data.load_task(f"hf:{tmp_path / 'file.csv'}")
+        load_task(f"hf:{tmp_path / 'file.csv'}")
     (tmp_path / "empty").mkdir()
     with pytest.raises(AlphaLoRAError, match="holds no data files"):
-        data.load_task(f"hf:{tmp_path / 'empty'}")
+        load_task(f"hf:{tmp_path / 'empty'}")
     scripted = tmp_path / "scripted"
     scripted.mkdir()
     (scripted / "scripted.py").write_text("raise SystemExit('never run')\n", encoding="utf-8")
     with pytest.raises(AlphaLoRAError, match="loading script, which is unsupported"):
-        data.load_task(f"hf:{scripted}")
+        load_task(f"hf:{scripted}")
 
 
 def test_load_task_names_the_hf_prefix_for_unknown_tasks():
     with pytest.raises(AlphaLoRAError, match="prefixed with hf:"):
-        data.load_task("glue")
+        load_task("glue")
     with pytest.raises(AlphaLoRAError, match="scoring must be one of"):
         load_hf_task("hf:x", scoring="vote")
 
@@ -407,7 +416,10 @@ def test_importing_the_package_does_not_import_datasets():
     import subprocess
     import sys
 
-    code = "import alphalora.finetune.data, alphalora.finetune.hf_tasks, sys; print('datasets' in sys.modules)"
+    code = (
+        "import alphalora.finetune.tasks.load, alphalora.finetune.encoding, "
+        "alphalora.finetune.scoring, sys; print('datasets' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -476,8 +488,6 @@ def test_fine_tune_page_accepts_a_saved_dataset_folder(tmp_path, tmp_path_factor
 
 
 def test_choice_scoring_with_a_single_class_is_refused(tmp_path):
-    from alphalora.finetune.hf_tasks import load_hf_task
-
     reviews = _reviews(8)
     reviews["label"] = [0] * len(reviews["label"])
     folder = _save(tmp_path / "one", {"train": reviews}, _classlabel_features(names=("only",)))

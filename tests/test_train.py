@@ -124,8 +124,9 @@ def test_batch_order_is_seeded_covers_each_epoch_and_shards_processes():
 def test_short_run_logs_every_metric_and_saves_a_loadable_adapter(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alphalora.finetune.data import evaluate, load_task
     from alphalora.finetune.moe import load_adapter
+    from alphalora.finetune.scoring import evaluate
+    from alphalora.finetune.tasks.load import load_task
 
     store = RunStore()
     seen: list[tuple[float, str]] = []

@@ -506,11 +506,11 @@ class _Session:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-        from alphalora.finetune import data
+        from alphalora.finetune.tasks.load import load_task
 
         cfg = self.config
         self.report(0.0, f"Loading task {cfg.task}")
-        self.task = data.load_task(cfg.task, scoring=cfg.scoring)
+        self.task = load_task(cfg.task, scoring=cfg.scoring)
         train_examples = self.task.train
         if cfg.train_examples is not None:
             train_examples = train_examples[: cfg.train_examples]
@@ -616,7 +616,7 @@ class _Session:
 
     # -- data -----------------------------------------------------------------------------
     def _feature(self, index: int) -> Any:
-        from alphalora.finetune.data import encode_example
+        from alphalora.finetune.encoding import encode_example
 
         feat = self._features.get(index)
         if feat is None:
@@ -627,7 +627,7 @@ class _Session:
         return feat
 
     def _micro_batch(self, micro_step: int) -> dict[str, Any]:
-        from alphalora.finetune.data import collate, pad_token_id
+        from alphalora.finetune.encoding import collate, pad_token_id
 
         idx = batch_indices(
             len(self.train_examples),
@@ -644,7 +644,8 @@ class _Session:
     def evaluate(self, step: int) -> dict[str, Any]:
         import torch
 
-        from alphalora.finetune.data import collate, encode_examples, evaluate_counts, pad_token_id
+        from alphalora.finetune.encoding import collate, encode_examples, pad_token_id
+        from alphalora.finetune.scoring import evaluate_counts
 
         cfg = self.config
         acc = self.accelerator
