@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _n_layers(model: str) -> int:
     from transformers import AutoConfig
 
-    from alphalora.finetune.train import resolve_model_path
+    from alphalora.finetune.resolve import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(model))
     return int(config.num_hidden_layers)

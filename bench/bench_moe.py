@@ -130,7 +130,7 @@ def demo_base_and_allocation(device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     from alphalora.finetune.config import load_config
-    from alphalora.finetune.train import resolve_allocation, resolve_model_path
+    from alphalora.finetune.resolve import resolve_allocation, resolve_model_path
 
     config = load_config("demo-cpu")
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model), dtype=dtype)

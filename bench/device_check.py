@@ -106,9 +106,9 @@ def moe_bench(budget: Budget, device: str, smoke: bool) -> dict[str, Any]:
 
 def analysis_cpu_vs_gpu(budget: Budget, device: str, layers: int, smoke: bool) -> dict[str, Any]:
     """Analyse one Llama-7B-shaped checkpoint on the CPU and on ``device``; compare."""
+    import bench_memory
     import numpy as np
 
-    import bench_memory
     from alphalora.spectral.analysis import AnalysisOptions, analyze
 
     if smoke:  # a small Llama-shaped checkpoint: checks the plumbing, not the speed
@@ -256,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     checks = [
         ("gpu_tests", lambda: gpu_tests(budget, device)),
         ("moe_bench", lambda: moe_bench(budget, device, args.smoke)),
-        ("analysis_cpu_vs_gpu", lambda: analysis_cpu_vs_gpu(budget, device, args.layers, args.smoke)),
+        (
+            "analysis_cpu_vs_gpu",
+            lambda: analysis_cpu_vs_gpu(budget, device, args.layers, args.smoke),
+        ),
         ("finetune", lambda: finetune(budget, device, args.steps, args.smoke)),
     ]
     for name, func in checks:

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.finetune.train import latest_checkpoint, list_checkpoints, train
+from alphalora.finetune.checkpoints import latest_checkpoint, list_checkpoints
+from alphalora.finetune.train import train
 from alphalora.runs import jobs
 from alphalora.store.records import run_dir
 from alphalora.store.run_store import RunStore

@@ -18,8 +18,10 @@ from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
 from alphalora import paths
 from alphalora.errors import AlphaLoRAError
+from alphalora.finetune.checkpoints import latest_checkpoint, list_checkpoints
 from alphalora.finetune.config import TrainConfig, load_config, preset_names
-from alphalora.finetune.train import batch_indices, latest_checkpoint, list_checkpoints, train
+from alphalora.finetune.data_order import batch_indices
+from alphalora.finetune.train import train
 from alphalora.store.records import run_dir
 from alphalora.store.run_store import RunStore
 
@@ -281,12 +283,12 @@ def test_unwritable_run_folder_is_reported_before_any_work(tiny):
 
 
 def test_out_of_memory_becomes_an_actionable_message(tiny, monkeypatch):
-    from alphalora.finetune import train as train_module
+    from alphalora.finetune import session as session_module
 
     def boom(self):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
 
-    monkeypatch.setattr(train_module._Session, "train_step", boom)
+    monkeypatch.setattr(session_module.Session, "train_step", boom)
     store = RunStore()
     with pytest.raises(AlphaLoRAError, match="gradient_checkpointing"):
         train(_config(tiny, eval_before=False), store=store)

@@ -1,0 +1,91 @@
+"""What a training config names, made concrete: the model folder that ``from_pretrained`` loads
+(the embedded model exported once) and the expert allocation for the model's layer count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alphalora.errors import AlphaLoRAError
+from alphalora.finetune.config import DEFAULT_EXPERTS_PER_LAYER, TrainConfig
+from alphalora.finetune.runtime import Progress
+
+
+def _is_embedded(ref: str) -> bool:
+    from alphalora.spectral.embedded import EMBEDDED_REF
+
+    return ref == EMBEDDED_REF or ref.startswith(EMBEDDED_REF + ":")
+
+
+def resolve_model_path(ref: str, progress: Progress | None = None) -> str:
+    """A local folder (or hub id) that ``from_pretrained`` can load: the embedded model is
+    exported once to a cached Hugging Face folder."""
+    if _is_embedded(ref):
+        from alphalora.spectral.embedded import export_embedded_hf, resolve_embedded
+
+        def setup(fraction: float, message: str) -> None:
+            if progress is not None:  # the export is set-up: training progress stays at 0
+                progress(0.0, message)
+
+        return str(export_embedded_hf(setup, resolve_embedded(ref)))
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise AlphaLoRAError(
+                f"{path} has no config.json: fine-tuning needs a Hugging Face model folder "
+                "(config.json, *.safetensors, tokenizer files)."
+            )
+        return str(path)
+    if "/" in ref and not ref.startswith((".", "/", "~")):
+        return ref
+    raise AlphaLoRAError(
+        f"Model {ref!r} not found: give 'embedded', a Hugging Face model folder, or a hub id "
+        "such as 'HuggingFaceTB/SmolLM2-360M-Instruct'."
+    )
+
+
+def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: str = "auto") -> Any:
+    """Turn ``config.allocation`` (explicit lists or a spec) into an :class:`Allocation` for a
+    model with ``n_layers`` transformer layers; refuses a layer-count mismatch."""
+    from alphalora.allocation.shapes import custom, mola_shape, uniform
+    from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
+
+    spec = dict(config.allocation or {"method": "alphalora"})
+    if "experts" in spec:
+        experts = list(spec["experts"])
+        if len(experts) != n_layers:
+            raise AlphaLoRAError(
+                f"The allocation lists {len(experts)} layers but the model has {n_layers} "
+                "transformer layers; give one expert count per layer."
+            )
+        top_k = spec.get("top_k")
+        return custom(experts, 2 if top_k is None else top_k)
+    method = spec["method"]
+    per_layer = spec.get("experts_per_layer") or DEFAULT_EXPERTS_PER_LAYER
+    budget = spec.get("budget")
+    beta = 2.5 if spec.get("beta") is None else float(spec["beta"])
+    top_k = int(spec.get("top_k") or 2)
+    if method == "mola":
+        return mola_shape(spec["shape"], n_layers, budget)
+    if budget is None:
+        budget = int(round(per_layer * n_layers))
+    if method == "uniform":
+        return uniform(n_layers, budget, top_k)
+    from alphalora.spectral.analysis import layer_alphas
+
+    alphas = layer_alphas(config.model, fit=spec.get("fit") or "hill-peak", device=analysis_device)
+    if len(alphas) != n_layers:
+        raise AlphaLoRAError(
+            f"The spectral analysis found {len(alphas)} layers but the model loads with "
+            f"{n_layers}; cannot allocate experts per layer."
+        )
+    if method == "alphalora-official":
+        return alphalora_official(alphas, budget, beta)
+    return alphalora_allocation(
+        alphas,
+        budget,
+        beta,
+        min_experts=int(spec.get("min") or 1),
+        max_experts=spec.get("max"),
+        top_k=top_k,
+    )
