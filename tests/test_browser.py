@@ -1,8 +1,8 @@
 """The real app in a real browser: `streamlit run app.py` driven by headless Chromium (Selenium).
 
 Opens the Allocation page on the embedded model, waits for the plotly chart to be drawn, takes
-a screenshot (kept in the test's tmp dir and copied to bench/results/allocation_page.png) and
-checks that it is not blank. Skips only where Debian's chromium/chromedriver are missing
+a screenshot (kept in the test's tmp dir; copied to $ALPHALORA_SCREENSHOT_DIR when that is set, so a
+test run never rewrites tracked files) and checks that it is not blank. Skips only where Debian's chromium/chromedriver are missing
 (`make test` installs them with scripts/install_browser.sh).
 """
 
@@ -151,8 +151,9 @@ def test_allocation_page_renders_its_chart_in_chromium(app_server, browser, tmp_
     time.sleep(1.0)  # let the last transitions settle before the picture
     shot = tmp_path / "allocation_page.png"
     assert browser.save_screenshot(str(shot)), log.read_text()
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, results / "allocation_page.png")
+    if os.environ.get("ALPHALORA_SCREENSHOT_DIR"):
+        keep = Path(os.environ["ALPHALORA_SCREENSHOT_DIR"])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, keep / "allocation_page.png")
     assert shot.stat().st_size > 20_000
     assert _distinct_colours(shot) > 200  # a blank or half-rendered page has a handful
