@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import re
@@ -11,20 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from alphalora.allocation.allocate import EXPERTS_PER_LAYER, allocate
 from alphalora.allocation.layer_alphas import layer_alphas_from_table
 from alphalora.allocation.model import Allocation
 from alphalora.allocation.params import module_shapes_from_config, trainable_parameters
-from alphalora.allocation.shapes import mola_shape, uniform
-from alphalora.allocation.softmax_rules import (
-    alphalora_allocation,
-    alphalora_official,
-    beta_to_temperature,
-    temperature_to_beta,
-)
+from alphalora.allocation.softmax_rules import beta_to_temperature
 from alphalora.errors import AlphaLoRAError
 from alphalora.paths import atomic_write_text
 
-EXPERTS_PER_LAYER = 5  # default budget: 5 per layer, i.e. the paper's 160 at 32 layers
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 _NUMBER_SPLIT = re.compile(r"[,\s;]+")
 
@@ -214,61 +207,15 @@ def _build(args: argparse.Namespace) -> tuple[Allocation, dict | None]:
     if args.config:
         shapes = _read_config_shapes(args.config)
 
-    if args.shape:
-        used = [
-            flag
-            for flag, value in (
-                ("--beta", args.beta),
-                ("--temperature", args.temperature),
-                ("--mode", args.mode),
-                ("--min", args.min_experts),
-                ("--max", args.max_experts),
-            )
-            if value is not None
-        ]
-        if used:
-            raise AlphaLoRAError(
-                f"{', '.join(used)} cannot be combined with --shape "
-                "(they tune the alpha-based allocation)."
-            )
-        if alphas is not None and args.layers is not None and args.layers != len(alphas):
-            raise AlphaLoRAError(
-                f"--layers {args.layers} disagrees with the {len(alphas)} alphas given."
-            )
-        n_layers = len(alphas) if alphas is not None else (args.layers or 32)
-        if args.shape.strip().lower() == "uniform":
-            budget = args.budget if args.budget is not None else EXPERTS_PER_LAYER * n_layers
-            result = uniform(n_layers, budget, top_k=args.top_k)
-        else:
-            result = mola_shape(args.shape, n_layers, args.budget)
-        if alphas is not None:
-            result = dataclasses.replace(result, alphas=tuple(alphas))
-        return result, shapes
-
-    if alphas is None:
-        raise AlphaLoRAError("Give layer alphas with --alphas or --preset, or a --shape.")
-    if args.layers is not None and args.layers != len(alphas):
-        raise AlphaLoRAError(f"--layers {args.layers} disagrees with the {len(alphas)} alphas.")
-    if args.temperature is not None:
-        beta = temperature_to_beta(args.temperature)
-    else:
-        beta = 2.5 if args.beta is None else args.beta
-    budget = args.budget
-    if budget is None:
-        budget = preset_budget or EXPERTS_PER_LAYER * len(alphas)
-    if args.mode == "official":
-        if args.min_experts is not None or args.max_experts is not None:
-            raise AlphaLoRAError(
-                "--min/--max only apply to --mode default; the official mode has no bounds."
-            )
-        if args.min_at_least_top_k:
-            raise AlphaLoRAError("--min-at-least-top-k only applies to --mode default.")
-        return alphalora_official(alphas, budget=budget, beta=beta), shapes
-    result = alphalora_allocation(
+    result = allocate(
         alphas,
-        budget,
-        beta,
-        min_experts=1 if args.min_experts is None else args.min_experts,
+        budget=preset_budget if args.budget is None and not args.shape else args.budget,
+        beta=args.beta,
+        temperature=args.temperature,
+        mode=args.mode,
+        shape=args.shape,
+        n_layers=args.layers,
+        min_experts=args.min_experts,
         max_experts=args.max_experts,
         top_k=args.top_k,
         min_at_least_top_k=args.min_at_least_top_k,
