@@ -92,7 +92,9 @@ def test_no_import_cycles() -> None:
     packages = {m for m in graph if (PACKAGE / Path(*m.split(".")[1:]) / "__init__.py").exists()}
     # a package's __init__ naturally "imports" its children when a child is imported; cycles
     # are looked for between plain modules
-    edges = {m: {t for t in ts if t not in packages} for m, ts in graph.items() if m not in packages}
+    edges = {
+        m: {t for t in ts if t not in packages} for m, ts in graph.items() if m not in packages
+    }
     state: dict[str, int] = {}
     cycles: list[str] = []
 
