@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         help="synthetic: random Llama-shaped base with MoLA ▽2468 (default); demo: the embedded "
         "SmolLM2-135M with the demo-cpu preset's AlphaLoRA allocation, batch 8 × 48 tokens",
     )
+    parser.add_argument("--out", type=Path, help="result JSON (default bench/results/moe_…)")
     args = parser.parse_args(argv)
     if args.threads or args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
@@ -342,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in summary.items():
         print(f"{key}: {value}")
     suffix = "" if args.workload == "synthetic" else f"_{args.workload}"
-    out = Path(__file__).resolve().parent / "results" / f"moe_{args.device}{suffix}.json"
+    out = (
+        args.out or Path(__file__).resolve().parent / "results" / f"moe_{args.device}{suffix}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")

@@ -86,9 +86,11 @@ def gpu_tests(budget: Budget, device: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 2. MoE bench
 
 
-def moe_bench(budget: Budget, device: str, smoke: bool) -> dict[str, Any]:
+def moe_bench(budget: Budget, device: str, smoke: bool, results: Path) -> dict[str, Any]:
     """The MoE-LoRA step benchmark on the device; its own JSON is summarised here."""
+    out_file = results / f"moe_{device}.json"
     cmd = [sys.executable, str(ROOT / "bench" / "bench_moe.py"), "--device", device]
+    cmd += ["--out", str(out_file)]
     if smoke:
         cmd.append("--quick")
     out = subprocess.run(
@@ -97,7 +99,7 @@ def moe_bench(budget: Budget, device: str, smoke: bool) -> dict[str, Any]:
     print(out.stdout[-3000:], out.stderr[-2000:])
     if out.returncode != 0:
         return {"ok": False, "error": out.stderr.strip().splitlines()[-1:]}
-    data = json.loads((RESULTS / f"moe_{device}.json").read_text(encoding="utf-8"))
+    data = json.loads(out_file.read_text(encoding="utf-8"))
     return {"summary": data.get("summary", {}), "config": data.get("config", {})}
 
 
@@ -215,17 +217,17 @@ def finetune(budget: Budget, device: str, steps: int, smoke: bool) -> dict[str, 
 # --------------------------------------------------------------------------- report
 
 
-def write_summary(summary: dict[str, Any]) -> Path:
+def write_summary(summary: dict[str, Any], results: Path) -> Path:
     """Write the JSON summary and a short Markdown table beside it."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "device_check.json"
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "device_check.json"
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [f"# Device check ({summary['device_name']}, {summary['started']})", ""]
     lines += ["| check | ok | seconds | figures |", "|---|---|---|---|"]
     for name, res in summary["steps"].items():
         figures = {k: v for k, v in res.items() if k not in ("ok", "seconds", "files")}
         lines.append(f"| {name} | {res['ok']} | {res['seconds']} | `{json.dumps(figures)[:400]}` |")
-    (RESULTS / "device_check.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (results / "device_check.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
@@ -236,7 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="bf16 fine-tune steps")
     parser.add_argument("--allow-cpu", action="store_true", help="no GPU: run on the CPU")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (checks the script)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="where to write (bench/results; a temporary folder with --smoke)",
+    )
     args = parser.parse_args(argv)
+    results = args.results or (
+        Path(tempfile.mkdtemp(prefix="device-check-")) if args.smoke else RESULTS
+    )
 
     import torch
 
@@ -255,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     checks = [
         ("gpu_tests", lambda: gpu_tests(budget, device)),
-        ("moe_bench", lambda: moe_bench(budget, device, args.smoke)),
+        ("moe_bench", lambda: moe_bench(budget, device, args.smoke, results)),
         (
             "analysis_cpu_vs_gpu",
             lambda: analysis_cpu_vs_gpu(budget, device, args.layers, args.smoke),
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["steps"][name] = {"ok": False, "seconds": 0, "error": "out of time budget"}
             continue
         run_step(name, func, summary)
-    path = write_summary(summary)
+    path = write_summary(summary, results)
     print(f"\nwrote {path}")
     return 0 if all(s["ok"] for s in summary["steps"].values()) else 1
 
