@@ -6,7 +6,7 @@ are computed once and are not part of the timings. In one process, interleaved p
 
 1. ``fit_clauset`` vs ``powerlaw.Fit`` 1.5 (the reference): time ratio, max relative difference
    of alpha / xmin / D, number of matrices differing by more than 1e-6;
-2. ``fit_hill_peak`` vs a straightforward per-candidate loop (METHOD §3 mode 1, written below),
+2. ``fit_hill_peak`` vs a straightforward per-candidate loop (docs/method.md §3 mode 1, written below),
    for the corrected bound and the log10 quirk: time ratio, max relative differences.
 
 Both also time ``fit_many(..., engine="numpy")``, which fits the spectra of equal length as

@@ -1,4 +1,4 @@
-"""Expert allocation (METHOD.md §4/§5): official mode, corrected default, shapes, counts."""
+"""Expert allocation (docs/method.md §4/§5): official mode, corrected default, shapes, counts."""
 
 from __future__ import annotations
 

@@ -280,7 +280,7 @@ def _power_law_variances(n: int, exponent: float) -> np.ndarray:
 
 def esd(w: np.ndarray) -> np.ndarray:
     """Eigenvalues of WᵀW (squared singular values, ascending, no 1/N), from the Gram matrix
-    of the smaller side in float64 (METHOD.md §2's fast path; an SVD gives the same α and is
+    of the smaller side in float64 (docs/method.md §2's fast path; an SVD gives the same α and is
     far slower when BLAS threads compete for a busy CPU)."""
     w = np.asarray(w, dtype=np.float64)
     gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
@@ -309,7 +309,7 @@ def mp_edges(n_rows: int, n_cols: int, sigma2: float) -> tuple[float, float]:
 
 
 def ks_scan(eigs: np.ndarray) -> pd.DataFrame:
-    """α and the KS distance D for every candidate xmin (Clauset's search, METHOD.md §3).
+    """α and the KS distance D for every candidate xmin (Clauset's search, docs/method.md §3).
 
     Candidates are the unique positive eigenvalues except the largest; α is Hill's estimate
     with xmin counted in the tail; D compares the fitted CDF with the tail's empirical CDF at

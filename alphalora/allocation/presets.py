@@ -9,7 +9,7 @@ from alphalora.errors import AlphaLoRAError
 
 # Llama-2-7B layer-mean alphas, layers 0 → 31, from the `hill-peak` fit (PL_Alpha_Hill) as cached
 # by AlphaPruning (Lu et al., haiquanlu/AlphaPruning) and used by AlphaLoRA (Qing et al., EMNLP
-# 2024, arXiv 2410.10054). Source: /work/shared/design/REFERENCES.md, "Numbers".
+# 2024, arXiv 2410.10054). Listed in docs/method.md ("Published numbers").
 LLAMA2_7B_LAYER_ALPHAS: tuple[float, ...] = (
     2.136, 2.706, 3.123, 3.124, 3.142, 3.133, 3.013, 3.072,
     2.808, 2.910, 2.714, 2.676, 2.844, 3.013, 3.052, 3.121,

@@ -1,4 +1,4 @@
-"""Layer alphas → LoRA experts per layer (METHOD.md §4): AlphaLoRA's reference rule
+"""Layer alphas → LoRA experts per layer (docs/method.md §4): AlphaLoRA's reference rule
 (``alphalora_official``), the default softmax rule with exact rounding and bounds
 (``alphalora_allocation``), and the τ ↔ β conversion of its softmax view."""
 

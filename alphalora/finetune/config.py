@@ -49,7 +49,7 @@ def _is_number(value: Any) -> bool:
 
 @dataclass
 class TrainConfig:
-    """Everything a fine-tune needs; defaults follow METHOD.md §5 (rank 8, alpha 16, dropout
+    """Everything a fine-tune needs; defaults follow docs/method.md §5 (rank 8, alpha 16, dropout
     0.05, aux 0.001) with a short run. ``allocation`` is explicit ``{"experts", "top_k"}`` or a
     spec ``{"method": "alphalora"|"alphalora-official"|"uniform"|"mola", ...}`` resolved at
     start; ``None`` means AlphaLoRA with β 2.5 and 5 experts per layer."""

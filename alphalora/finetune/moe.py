@@ -39,7 +39,7 @@ from alphalora.finetune.moe_inject import (
 )
 from alphalora.finetune.moe_layer import MoELoRALinear, assignment_share, route, switch_balance_loss
 
-#: Coefficient the trainer multiplies the balancing loss by (METHOD.md §5).
+#: Coefficient the trainer multiplies the balancing loss by (docs/method.md §5).
 AUX_LOSS_COEF = 0.001
 
 __all__ = [

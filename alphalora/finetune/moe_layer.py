@@ -1,4 +1,4 @@
-"""The MoE-LoRA layer (METHOD.md §5): N stacked LoRA experts and a top-k router on one linear.
+"""The MoE-LoRA layer (docs/method.md §5): N stacked LoRA experts and a top-k router on one linear.
 
 Efficient form: the experts are stacked (``lora_A`` [N·r, d_in], ``lora_B`` [d_out, N·r]) and
 the gate g [T, N] (renormalised top-k weights, zeros elsewhere) multiplies the rank-space

@@ -3,7 +3,7 @@ the common layout (title, legend, grid, hover) and the empty-figure note.
 
 Every builder takes tables/arrays and returns a ``plotly.graph_objects.Figure`` with axis titles,
 hover values and a legend, so the same charts work in the app, a notebook or an exported HTML
-file. Eigenvalues are those of WᵀW without a 1/N factor (AlphaLoRA's convention, METHOD.md §2).
+file. Eigenvalues are those of WᵀW without a 1/N factor (AlphaLoRA's convention, docs/method.md §2).
 """
 
 from __future__ import annotations

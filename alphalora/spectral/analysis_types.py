@@ -19,7 +19,7 @@ FIT_MODES = ("hill-peak", "clauset")
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """What to compute. ``fit`` picks the xmin search (METHOD.md §3); ``log10_quirk``
+    """What to compute. ``fit`` picks the xmin search (docs/method.md §3); ``log10_quirk``
     reproduces AlphaLoRA's hill-peak lower bound bug; ``esd_scale`` is ``"none"`` (AlphaLoRA,
     eigenvalues of WᵀW) or ``"N"`` (WeightWatcher, WᵀW / N)."""
 

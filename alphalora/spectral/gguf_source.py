@@ -1,7 +1,7 @@
 """GGUF model source: memory-mapped llama.cpp files, dequantised one matrix at a time.
 
 Quantised blocks (Q4_0, Q4_1, Q8_0, K-quants, ...) are expanded to float32 with
-``gguf.quants.dequantize`` before any spectrum is taken (METHOD.md §1: never analyse packed
+``gguf.quants.dequantize`` before any spectrum is taken (docs/method.md §1: never analyse packed
 integers). llama.cpp permutes the rows of ``attn_q``/``attn_k`` for its rotary layout; a row
 permutation leaves singular values unchanged, so spectra and alphas need no un-permuting.
 """

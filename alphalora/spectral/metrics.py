@@ -1,6 +1,6 @@
 """Per-matrix quality metrics from an eigenvalue spectrum and its power-law fit (pure).
 
-The figures are the ones WeightWatcher users expect (METHOD.md §3, last paragraph), computed
+The figures are the ones WeightWatcher users expect (docs/method.md §3, last paragraph), computed
 in AlphaLoRA's convention (no 1/N factor on WᵀW) unless ``esd_scale`` says otherwise.
 """
 

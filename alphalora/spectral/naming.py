@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-#: Canonical kinds of block matrices (METHOD.md §1), then the non-block kinds.
+#: Canonical kinds of block matrices (docs/method.md §1), then the non-block kinds.
 BLOCK_KINDS: tuple[str, ...] = (
     "q_proj",
     "k_proj",

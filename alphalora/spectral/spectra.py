@@ -1,6 +1,6 @@
 """Empirical spectral densities: the eigenvalues of WᵀW (squared singular values) of weight matrices.
 
-Convention (METHOD §2): λ are the min(m, n) eigenvalues of WᵀW with no 1/N factor, ascending,
+Convention (docs/method.md §2): λ are the min(m, n) eigenvalues of WᵀW with no 1/N factor, ascending,
 float64. The fast path is ``eigvalsh`` of the Gram matrix on the smaller side; ``svd`` squares
 ``svdvals`` instead. Power-law alphas are scale-invariant, so the convention only matters for plots.
 """

@@ -1,4 +1,4 @@
-"""Continuous power-law fits of eigenvalue tails (METHOD §3), exact and vectorised.
+"""Continuous power-law fits of eigenvalue tails (docs/method.md §3), exact and vectorised.
 
 For sorted λ_1 ≤ … ≤ λ_N and a candidate xmin = λ_i with n = N − i + 1 tail points:
 α_i = 1 + n / Σ_{j≥i} ln(λ_j/λ_i) and D_i = max |S − P| with P(λ) = 1 − (λ/λ_i)^(1−α_i).
