@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-cache", action="store_true", help="recompute even if a cached analysis exists"
     )
+    p.add_argument(
+        "--verify-cache",
+        action="store_true",
+        help="hash every byte of the weights and reuse a cached analysis only if it was made "
+        "from the same bytes (the default check is the files' size, mtime and inode)",
+    )
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow .bin checkpoints (loaded with torch.load(weights_only=True))")  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true")
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         result = analyze(
             args.model, options, progress=progress, use_cache=not args.no_cache,
             allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+            verify_cache=args.verify_cache,
         )  # fmt: skip
     finally:
         if bar is not None:

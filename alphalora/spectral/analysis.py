@@ -255,11 +255,15 @@ def analyze(
     keep_eigenvalues: bool = True,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    verify_cache: bool = False,
 ) -> AnalysisResult:
     """Analyse every 2-D block matrix of a model (hub id, folder, file or ``"embedded"``).
 
     Returns per-matrix and per-layer DataFrames. Matrices that cannot be fitted (NaN/Inf,
-    all zeros, a single row) get NaN metrics and a ``warning``; the rest completes.
+    all zeros, a single row) get NaN metrics and a ``warning``; the rest completes. A cached
+    result is reused when the weight files' fingerprint, size, mtime and inode match;
+    ``verify_cache`` also hashes every byte of the weights and reuses only an entry made from
+    the same bytes.
     """
     opts = options or AnalysisOptions()
     opts.validate()
@@ -270,9 +274,12 @@ def analyze(
     )
     device = resolve_device(opts.device)
     fingerprint = source.fingerprint()
-    cache_path = subdir("analyses") / cache_key(fingerprint, opts)
+    cache_path = subdir("analyses") / cache_key(fingerprint, opts, source.stat_guard())
+    content_hash = source.content_hash() if use_cache and verify_cache else None
     if use_cache and cache_path.exists():
-        cached = load_cached(cache_path, str(source.ref), opts, fingerprint)
+        cached = load_cached(
+            cache_path, str(source.ref), opts, fingerprint, content_hash=content_hash
+        )
         if cached is not None:
             if progress:
                 n = len(cached.matrices)
@@ -306,7 +313,7 @@ def analyze(
     )  # fmt: skip
     if use_cache and keep_eigenvalues:
         try:
-            save_cache(cache_path, result)
+            save_cache(cache_path, result, content_hash)
         except OSError as exc:  # the analysis itself is still good: report, do not lose it
             result.cache_dir = None
             result.model = {**result.model, "cache_error": str(exc)}
