@@ -17,7 +17,7 @@ from alphalora.allocation.model import Allocation
 from alphalora.allocation.params import module_shapes_from_config, trainable_parameters
 from alphalora.allocation.softmax_rules import beta_to_temperature
 from alphalora.errors import AlphaLoRAError
-from alphalora.paths import atomic_write_text
+from alphalora.paths import atomic_write_text, check_output_file
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 _NUMBER_SPLIT = re.compile(r"[,\s;]+")
@@ -255,6 +255,8 @@ def format_table(result: Allocation, params: int | None = None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: build, print (table or JSON), optionally save."""
+    if args.out:
+        check_output_file(args.out, what="allocation file")
     result, shapes = _build(args)
     params = None
     if shapes:

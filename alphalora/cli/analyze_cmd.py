@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from alphalora.spectral.analysis import analyze, export_table
+from alphalora.paths import check_output_file
+from alphalora.spectral.analysis import TABLE_SUFFIXES, analyze, export_table
 from alphalora.spectral.analysis_types import FIT_MODES, AnalysisOptions
 
 
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the analysis with a tqdm bar, print the layer table, write the files asked for."""
     from tqdm import tqdm
 
+    for flag, target in (("--out", args.out), ("--layers-out", args.layers_out)):
+        if target:  # refused now, not after the whole analysis
+            check_output_file(target, TABLE_SUFFIXES, what=f"{flag} table")
     options = AnalysisOptions(
         fit=args.fit, device=args.device, precision=args.precision, log10_quirk=args.log10_quirk,
         esd_scale=args.esd_scale, include_non_block=args.all_matrices,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from alphalora import paths
@@ -182,6 +183,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Print the run's metrics table, or write it to CSV (list metrics as JSON text)."""
+    if args.csv:
+        paths.check_output_file(args.csv, (".csv",), what="metrics file")
     frame = _open().metrics(args.run_id, split=args.split)
     list_columns = [
         c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list | dict)).any()
@@ -192,7 +195,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             out[column] = out[column].map(
                 lambda v: json.dumps(v) if isinstance(v, list | dict) else ""
             )
-        paths.atomic_write_text(args.csv, out.to_csv(index=False))
+        try:
+            paths.atomic_write_text(Path(args.csv).expanduser(), out.to_csv(index=False))
+        except OSError as exc:
+            raise paths.write_error(args.csv, exc, "metrics file") from exc
         print(f"Wrote {len(out)} rows to {args.csv}.")
         return 0
     if frame.empty:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.paths import subdir
+from alphalora.paths import check_output_file, subdir, write_error
 from alphalora.spectral import spectra
 from alphalora.spectral.analysis_cache import cache_key, load_cached, save_cache
 from alphalora.spectral.analysis_types import AnalysisOptions, AnalysisResult
@@ -332,19 +332,24 @@ def layer_alphas(ref: str | Path, fit: str = "hill-peak", device: str = "auto") 
     return alphas
 
 
+TABLE_SUFFIXES = (".csv", ".json", ".parquet")
+
+
 def export_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a table to CSV, JSON (records) or Parquet, chosen by the file's suffix."""
-    path = Path(path)
+    path = check_output_file(path, TABLE_SUFFIXES, what="table")
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json", ".parquet"):
-        raise AlphaLoRAError(f"Cannot write {path.name}: use a .csv, .json or .parquet file name.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    if suffix == ".csv":
-        df.to_csv(tmp, index=False)
-    elif suffix == ".json":
-        df.to_json(tmp, orient="records", indent=1)
-    else:
-        df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        elif suffix == ".json":
+            df.to_json(tmp, orient="records", indent=1)
+        else:
+            df.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc, "table") from exc
     return path
