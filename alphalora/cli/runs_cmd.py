@@ -170,8 +170,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Resume a run from its last checkpoint."""
+    """Resume a run from its newest valid checkpoint (naming any damaged one first)."""
+    from alphalora.finetune.checkpoint_check import resume_preview
+    from alphalora.store.records import check_run_id
+
     store = _open()
+    store.get_run(args.run_id)
+    preview = resume_preview(paths.data_dir() / "runs" / check_run_id(args.run_id))
+    if preview:
+        print(f"Note: {preview}")
     jobs.resume_run(args.run_id, store=store)
     run = store.get_run(args.run_id)
     print(

@@ -13,25 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from alphalora.errors import AlphaLoRAError
+from alphalora.finetune.checkpoint_check import file_sha256
 from alphalora.finetune.checkpoints import (
     CHECKPOINT_FORMAT,
+    TRAINABLE_FILE,
     capture_rng,
     commit_checkpoint,
     config_fingerprint,
-    latest_checkpoint,
-    load_checkpoint,
     prune_checkpoints,
-    read_checkpoint_state,
     stage_checkpoint,
 )
 from alphalora.finetune.data_order import batch_indices
 from alphalora.finetune.runtime import device_label, now
-from alphalora.finetune.session_setup import SessionSetup
+from alphalora.finetune.session_resume import SessionResume
 
 ADAPTER_DIR = "adapter"
 
 
-class Session(SessionSetup):
+class Session(SessionResume):
     """State of one call to :func:`~alphalora.finetune.train.train`; methods are the phases of
     the run (the set-up ones in :class:`SessionSetup`)."""
 
@@ -142,32 +141,12 @@ class Session(SessionSetup):
                 "tokens_seen": self.tokens_seen,
                 "step_seconds": self.step_seconds[-1000:],
                 "saved_at": now(),
+                "sha256": {TRAINABLE_FILE: file_sha256(tmp / TRAINABLE_FILE)},
             }
             commit_checkpoint(tmp, final, state)
             prune_checkpoints(self.folder, self.config.keep_checkpoints)
         acc.wait_for_everyone()
         return final
-
-    def restore_checkpoint(self) -> bool:
-        """Continue from the run's latest checkpoint; False (from step 0) when there is none."""
-        acc = self.accelerator
-        folder = latest_checkpoint(self.folder)
-        if folder is None:
-            self.report(0.0, "No checkpoint found: starting from step 0")
-            return False
-        state = read_checkpoint_state(folder, self.config, acc.num_processes)
-        scaler = getattr(acc, "scaler", None)
-        load_checkpoint(
-            folder, self.unwrapped, self.optimizer, self.scheduler, scaler, acc.process_index
-        )
-        self.step = int(state["step"])
-        self.accuracy_before = state.get("accuracy_before")
-        self.eval_loss_before = state.get("eval_loss_before")
-        self.elapsed_before = float(state.get("elapsed", 0.0))
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.step_seconds = [float(s) for s in state.get("step_seconds", [])]
-        self.report(self.step / self.config.steps, f"Resumed from {folder.name}")
-        return True
 
     # -- training -------------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
