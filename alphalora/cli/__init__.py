@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except AlphaLoRAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from alphalora.cli.terminal import clean
+
+        print(f"error: {clean(exc, keep_newlines=True)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

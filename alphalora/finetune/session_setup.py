@@ -67,7 +67,10 @@ class SessionSetup:
 
     def _log(self, step: int, metrics: dict[str, Any], split: str) -> None:
         if self.main:
+            from alphalora.store.recovery import append_metrics_mirror
+
             self.store.log_metrics(self.run_id, step, metrics, split=split)
+            append_metrics_mirror(self.folder, step, metrics, split)  # for `runs recover`
 
     # -- set-up ---------------------------------------------------------------------------
     def _from_main(self, value: Any, error: str | None) -> Any:
