@@ -61,5 +61,6 @@ class SessionResume(SessionSetup):
         self.elapsed_before = float(state.get("elapsed", 0.0))
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.step_seconds = [float(s) for s in state.get("step_seconds", [])]
+        self.eval_pending = bool(state.get("eval_pending", False))
         self.report(self.step / self.config.steps, f"Resumed from {folder.name}")
         return True

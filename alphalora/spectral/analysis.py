@@ -320,9 +320,15 @@ def analyze(
     return result
 
 
-def layer_alphas(ref: str | Path, fit: str = "hill-peak", device: str = "auto") -> list[float]:
+def layer_alphas(
+    ref: str | Path,
+    fit: str = "hill-peak",
+    device: str = "auto",
+    *,
+    progress: ProgressFn | None = None,
+) -> list[float]:
     """Per-layer mean alpha of a model (cached), the input of the AlphaLoRA allocation."""
-    result = analyze(ref, AnalysisOptions(fit=fit, device=device))
+    result = analyze(ref, AnalysisOptions(fit=fit, device=device), progress=progress)
     alphas = result.layer_alphas
     bad = [i for i, a in enumerate(alphas) if not np.isfinite(a)]
     if bad:
