@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from alphalora.cli.terminal import clean
 from alphalora.paths import check_output_file
 from alphalora.spectral.analysis import TABLE_SUFFIXES, analyze, export_table
 from alphalora.spectral.analysis_types import FIT_MODES, AnalysisOptions
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is None:
             bar = tqdm(total=total, unit="matrix", desc="analyse", leave=False)
         bar.n = done
-        bar.set_postfix_str(name[-40:], refresh=False)
+        bar.set_postfix_str(clean(name[-40:]), refresh=False)
         bar.refresh()
 
     try:
@@ -96,7 +97,7 @@ def format_report(result) -> str:
     """The readable summary: model line, layer table with a bar per layer, flagged fits."""
     s = result.summary()
     lines = [
-        f"model    {s['model']}  ({s['family']}, {s['layers']} layers, {s['matrices']} matrices"
+        f"model    {clean(s['model'])}  ({clean(s['family'])}, {s['layers']} layers, {s['matrices']} matrices"
         + (f", {s['parameters'] / 1e6:.1f} M parameters)" if s.get("parameters") else ")"),
         f"fit      {s['fit']}   device {s['device']}   "
         + ("loaded from cache" if s["from_cache"] else f"{s['seconds']:.1f} s"),
@@ -129,7 +130,7 @@ def format_report(result) -> str:
         f"mean alpha {s['alpha_mean']:.3f}; {len(flagged)} of {s['matrices']} fits flagged"
     )
     for _, row in flagged.head(10).iterrows():
-        lines.append(f"  ! {row['name']}: {row['warning']}")
+        lines.append(f"  ! {clean(row['name'])}: {clean(row['warning'])}")
     if len(flagged) > 10:
         lines.append(f"  … and {len(flagged) - 10} more (see --out)")
     return "\n".join(lines)
