@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import tiny_config, tiny_files
 from safetensors.torch import load_file
-from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
 from alphalora.cli import main
 from alphalora.finetune.checkpoint_check import checkpoint_problem, newest_valid_checkpoint
@@ -23,20 +23,11 @@ from alphalora.store.run_store import RunStore
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "model": str(save_tiny_model(root / "model")),
-        "task": str(write_jsonl(root / "reviews.jsonl", toy_reviews(80))),
-    }
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(tiny) -> dict:
-    return {
-        "name": "fallback", "model": tiny["model"], "task": tiny["task"],
-        "allocation": {"experts": [3, 2], "top_k": [2, 1]}, "steps": 6, "batch_size": 4,
-        "max_length": 32, "eval_examples": 8, "lr": 0.01, "device": "cpu",
-        "checkpoint_every": 2, "keep_checkpoints": 3,
-    }  # fmt: skip
+    return tiny_config(tiny, eval_examples=8, checkpoint_every=2, keep_checkpoints=3)
 
 
 @pytest.fixture(scope="module")

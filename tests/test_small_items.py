@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import tiny_config, tiny_files
 from safetensors.torch import load_file, save_file
-from train_helpers import save_tiny_model, toy_reviews, write_jsonl
 
 from alphalora.cli import main
 from alphalora.errors import AlphaLoRAError
@@ -30,21 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "model": str(save_tiny_model(root / "model")),
-        "task": str(write_jsonl(root / "reviews.jsonl", toy_reviews(80))),
-    }
+    return tiny_files(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(tiny, **changes) -> dict:
-    cfg = {
-        "name": "small", "model": tiny["model"], "task": tiny["task"],
-        "allocation": {"experts": [3, 2], "top_k": [2, 1]}, "steps": 6, "batch_size": 4,
-        "max_length": 32, "eval_examples": 16, "lr": 0.01, "device": "cpu", "warmup_steps": 4,
-    }  # fmt: skip
-    cfg.update(changes)
-    return cfg
+    return tiny_config(tiny, **{"warmup_steps": 4, **changes})
 
 
 # --------------------------------------------------------------------------- warmup

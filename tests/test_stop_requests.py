@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import tiny_config, tiny_files
 from safetensors.torch import load_file
-from train_helpers import RuleLM, make_tokenizer, save_tiny_model, toy_reviews, write_jsonl
+from train_helpers import RuleLM, make_tokenizer, toy_reviews, write_jsonl
 
 from alphalora.finetune.checkpoints import latest_checkpoint, list_checkpoints
 from alphalora.finetune.run_progress import PHASES, RunProgress, stop_between_blocks
@@ -35,21 +36,15 @@ def tiny(tmp_path_factory):
     rows = [{**r, "split": "train"} for r in toy_reviews(40)]
     rows += [{**r, "split": "eval"} for r in toy_reviews(2000, seed=1)]
     return {
-        "model": str(save_tiny_model(root / "model")),
-        "task": str(write_jsonl(root / "reviews.jsonl", toy_reviews(60))),
+        **tiny_files(root, reviews=60),
         "long_eval": str(write_jsonl(root / "long_eval.jsonl", rows)),
     }
 
 
 def _config(tiny, **changes) -> dict:
-    cfg = {
-        "name": "stop", "model": tiny["model"], "task": tiny["task"],
-        "allocation": {"experts": [2, 2], "top_k": [1, 1]}, "steps": 4, "batch_size": 4,
-        "max_length": 32, "eval_examples": 16, "eval_batch_size": 2, "lr": 0.01,
-        "device": "cpu",
-    }  # fmt: skip
-    cfg.update(changes)
-    return cfg
+    allocation = {"experts": [2, 2], "top_k": [1, 1]}
+    fixed = {"allocation": allocation, "steps": 4, "eval_batch_size": 2}
+    return tiny_config(tiny, **{**fixed, **changes})
 
 
 def _sigterm_at(prefix: str):

@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from train_helpers import save_tiny_model, toy_reviews, write_jsonl
+from reliability_helpers import tiny_config, tiny_files
 
 from alphalora.cli import main
 from alphalora.cli.terminal import clean, clean_log_line
@@ -69,21 +69,13 @@ def test_a_bad_row_is_listed_as_damaged_and_the_rest_still_work(capsys):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "model": str(save_tiny_model(root / "model")),
-        "task": str(write_jsonl(root / "reviews.jsonl", toy_reviews(60))),
-    }
+    return tiny_files(tmp_path_factory.mktemp("tiny"), reviews=60)
 
 
 def _config(tiny, **changes) -> dict:
-    cfg = {
-        "name": "lost", "model": tiny["model"], "task": tiny["task"],
-        "allocation": {"experts": [2, 2], "top_k": [1, 1]}, "steps": 4, "batch_size": 4,
-        "max_length": 32, "eval_examples": 8, "device": "cpu", "checkpoint_every": 2,
-    }  # fmt: skip
-    cfg.update(changes)
-    return cfg
+    allocation = {"experts": [2, 2], "top_k": [1, 1]}
+    fixed = {"allocation": allocation, "steps": 4, "eval_examples": 8, "checkpoint_every": 2}
+    return tiny_config(tiny, **{**fixed, **changes})
 
 
 def _empty_the_store(store: RunStore) -> None:

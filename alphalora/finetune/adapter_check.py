@@ -4,13 +4,17 @@ LoRA (peft) adapter's files load. Behind ``python -m alphalora adapters check PA
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.finetune.adapters import ADAPTER_CONFIG, _read_weights, read_adapter_config
+from alphalora.finetune.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    _read_weights,
+    read_adapter_config,
+)
 
 _KEY = re.compile(r"^blocks\.(\d+)\.(.+)\.(lora_A|lora_B|router\.weight)$")
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -65,9 +69,16 @@ def _check_moe(directory: Path) -> dict[str, Any]:
     }
 
 
-def _check_peft(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
+def _check_peft(directory: Path) -> dict[str, Any]:
+    from peft import PeftConfig
     from safetensors.torch import load_file
 
+    try:
+        config = PeftConfig.from_pretrained(str(directory))
+    except (OSError, ValueError, TypeError) as exc:
+        raise AlphaLoRAError(
+            f"The LoRA adapter config in {directory} is missing or unreadable: {exc}"
+        ) from exc
     weights = next((directory / n for n in PEFT_WEIGHTS if (directory / n).is_file()), None)
     if weights is None:
         raise AlphaLoRAError(
@@ -81,9 +92,9 @@ def _check_peft(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
         raise AlphaLoRAError(f"The adapter weights {weights} are unreadable: {exc}") from exc
     return {
         "format": "LoRA (peft)",
-        "base_model": config.get("base_model_name_or_path"),
-        "rank": config.get("r"),
-        "targets": config.get("target_modules"),
+        "base_model": getattr(config, "base_model_name_or_path", None),
+        "rank": getattr(config, "r", None),
+        "targets": sorted(getattr(config, "target_modules", None) or []),
         "tensors": len(tensors),
         "parameters": sum(t.numel() for t in tensors.values()),
         "checksum": "not recorded (peft)",
@@ -94,22 +105,11 @@ def check_adapter(directory: str | Path) -> dict[str, Any]:
     """Validate a saved adapter folder and summarise it; raises :class:`AlphaLoRAError`
     naming the damaged file and what to do. A run folder is accepted for its ``adapter/``."""
     directory = Path(directory).expanduser()
-    if (directory / "adapter" / ADAPTER_CONFIG).is_file():
+    if (directory / "adapter").is_dir() and not (directory / ADAPTER_CONFIG).is_file():
         directory = directory / "adapter"
-    path = directory / ADAPTER_CONFIG
-    if not path.is_file():
-        raise AlphaLoRAError(
-            f"No adapter at {directory}: {ADAPTER_CONFIG} is missing. Give the adapter folder "
-            "of a finished run (its `adapter/` folder, or the run folder itself)."
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AlphaLoRAError(
-            f"The adapter config {path} is unreadable or corrupted: {exc}"
-        ) from exc
-    if isinstance(raw, dict) and "peft_type" in raw:
-        summary = _check_peft(directory, raw)
+    peft = any((directory / name).is_file() for name in PEFT_WEIGHTS)
+    if peft and not (directory / ADAPTER_WEIGHTS).is_file():
+        summary = _check_peft(directory)
     else:
         summary = _check_moe(directory)
     return {"path": str(directory), **summary}
