@@ -37,6 +37,48 @@ def subdir(name: str) -> Path:
     return path
 
 
+def check_output_file(
+    path: str | os.PathLike[str], suffixes: tuple[str, ...] = (), *, what: str = "output file"
+) -> Path:
+    """Refuse, before any work starts, an output path that cannot be written: a suffix not in
+    ``suffixes``, an existing folder, a "folder" that is really a file, or a folder where no
+    file can be created (probed with a temporary file). Returns the path, expanded."""
+    target = Path(path).expanduser()
+    if suffixes and target.suffix.lower() not in suffixes:
+        allowed = " or ".join(
+            [", ".join(suffixes[:-1]), suffixes[-1]] if suffixes[:-1] else suffixes
+        )
+        raise AlphaLoRAError(f"Cannot write the {what} {target.name!r}: use a {allowed} file name.")
+    if target.is_dir():
+        raise AlphaLoRAError(f"The {what} {target} is a folder; give a file name inside it.")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # missing folders are created when the file is written
+    if not folder.is_dir():
+        raise AlphaLoRAError(
+            f"Cannot write the {what} {target}: {folder} is a file, not a folder. "
+            "Choose another path."
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".alphalora-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise AlphaLoRAError(
+            f"Cannot write the {what} {target}: no file can be created in {folder} "
+            f"({exc.strerror or exc}). Choose a writable folder."
+        ) from exc
+    return target
+
+
+def write_error(path: str | os.PathLike[str], exc: OSError, what: str = "file") -> AlphaLoRAError:
+    """An OSError met while writing ``path`` as a message that names the file and the cause."""
+    return AlphaLoRAError(
+        f"Could not write the {what} {path}: {exc.strerror or exc}. Check the path, the free "
+        "space and the permissions, then try again."
+    )
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename, so that a crash
     never leaves a half-written file behind."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from alphalora.allocation.checks import budget_range
 from alphalora.allocation.model import Allocation
 from alphalora.allocation.softmax_rules import beta_to_temperature, temperature_to_beta
 from alphalora.errors import AlphaLoRAError
@@ -96,8 +97,9 @@ with controls:
     else:
         beta = st.slider("β (inverse temperature)", 0.0, 10.0, step=0.1, key="alloc_beta",
                          help="0 = uniform; 2.5 = the paper; larger concentrates experts.")  # fmt: skip
-    budget = st.slider("Expert budget T (total over all layers)", n_layers, 16 * n_layers,
-                       key="alloc_budget")  # fmt: skip
+    budget_low, budget_high = budget_range(n_layers)  # the library's bound on budgets
+    budget = st.slider("Expert budget T (total over all layers)", budget_low,
+                       min(16 * n_layers, budget_high), key="alloc_budget")  # fmt: skip
     b1, b2 = st.columns(2)
     min_experts = b1.number_input("Min per layer", 1, 16, key="alloc_min")
     max_experts = b2.number_input("Max per layer (0 = none)", 0, 64, key="alloc_max")

@@ -72,7 +72,7 @@ def allocate(
             raise AlphaLoRAError(
                 f"--layers {n_layers} disagrees with the {len(alphas)} alphas given."
             )
-        layers = len(alphas) if alphas is not None else (n_layers or 32)
+        layers = len(alphas) if alphas is not None else (32 if n_layers is None else n_layers)
         if shape.strip().lower() == "uniform":
             total = budget if budget is not None else EXPERTS_PER_LAYER * layers
             result = uniform(layers, total, top_k=top_k)

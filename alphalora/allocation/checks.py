@@ -12,6 +12,11 @@ import numpy as np
 
 from alphalora.errors import AlphaLoRAError
 
+MAX_TOTAL_EXPERTS = 1_000_000
+"""The most experts an allocation may hold in total, hence also the most layers (each layer has
+at least one). Far above any real MoE-LoRA (the papers use 160), low enough that every count
+fits an int64 and the rounding and repair loops stay short."""
+
 
 def is_int(value: Any) -> bool:
     """Whether ``value`` is a whole number (an integral type, but not a bool)."""
@@ -57,6 +62,41 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise AlphaLoRAError(f"{name} must be ≥ {minimum}; got {value}.")
     return int(value)
+
+
+def check_budget(budget: Any, n_layers: int) -> int:
+    """``budget`` as an int between ``n_layers`` (one expert per layer) and
+    :data:`MAX_TOTAL_EXPERTS`; the one bound every allocation rule, the CLI and the app use."""
+    if not is_int(budget):
+        raise AlphaLoRAError(f"budget must be a whole number; got {budget!r}.")
+    if budget > MAX_TOTAL_EXPERTS:
+        raise AlphaLoRAError(
+            f"A budget of {budget:,} experts is above the supported maximum of "
+            f"{MAX_TOTAL_EXPERTS:,} in total. Give a budget between {n_layers} (one per layer) "
+            f"and {MAX_TOTAL_EXPERTS:,}; the papers use 160 for 32 layers."
+        )
+    check_bounds(max(1, n_layers), int(budget), 1, None)
+    return int(budget)
+
+
+def check_layers(n_layers: Any) -> int:
+    """A layer count as an int between 1 and :data:`MAX_TOTAL_EXPERTS`."""
+    if not is_int(n_layers) or n_layers < 1:
+        raise AlphaLoRAError(
+            f"The layer count (--layers) must be a whole number ≥ 1; got {n_layers!r}."
+        )
+    n = int(n_layers)
+    if n > MAX_TOTAL_EXPERTS:
+        raise AlphaLoRAError(
+            f"{n:,} layers is above the supported maximum of {MAX_TOTAL_EXPERTS:,} (each layer "
+            "needs at least one expert); give the model's real layer count."
+        )
+    return n
+
+
+def budget_range(n_layers: int) -> tuple[int, int]:
+    """The budgets allowed for ``n_layers`` layers: (one per layer, :data:`MAX_TOTAL_EXPERTS`)."""
+    return max(1, int(n_layers)), MAX_TOTAL_EXPERTS
 
 
 def check_bounds(n_layers: int, budget: int, low: int, high: int | None) -> None:

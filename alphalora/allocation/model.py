@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alphalora.allocation.checks import check_int, is_int
+from alphalora.allocation.checks import MAX_TOTAL_EXPERTS, check_int, is_int
 from alphalora.errors import AlphaLoRAError
 
 SCHEMA_VERSION = 1
@@ -45,6 +45,11 @@ class Allocation:
                 f"({[experts[i] for i in bad]})."
             )
         experts = tuple(int(n) for n in experts)
+        if sum(experts) > MAX_TOTAL_EXPERTS:
+            raise AlphaLoRAError(
+                f"This allocation holds {sum(experts):,} experts, above the supported maximum "
+                f"of {MAX_TOTAL_EXPERTS:,} in total. Give fewer experts per layer."
+            )
         allow_zero = self.method == METHOD_OFFICIAL
         low = [i for i, n in enumerate(experts) if n < (0 if allow_zero else 1)]
         if low:

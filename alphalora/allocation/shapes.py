@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from alphalora.allocation.apportion import apportion
-from alphalora.allocation.checks import check_bounds, check_int, is_int
+from alphalora.allocation.checks import check_budget, check_layers, is_int
 from alphalora.allocation.model import Allocation, default_top_k
 from alphalora.errors import AlphaLoRAError
 
@@ -64,7 +64,7 @@ def mola_shape(shape: str, n_layers: int, budget: int | None = None) -> Allocati
             f"Unknown MoLA shape {shape!r}. Use digits 1-9 per layer group (e.g. 8642, 2468, "
             f"8228, 2882, 5555, 4444) or a name: {known}."
         )
-    n_layers = check_int("n_layers", n_layers, 1)
+    n_layers = check_layers(n_layers)
     if n_layers < len(digits):
         raise AlphaLoRAError(
             f"Shape {digits} has {len(digits)} groups but the model has only {n_layers} layers."
@@ -77,8 +77,7 @@ def mola_shape(shape: str, n_layers: int, budget: int | None = None) -> Allocati
     if budget is None:
         experts = tuple(per_layer)
     else:
-        target = check_int("budget", budget, 1)
-        check_bounds(n_layers, target, 1, None)
+        target = check_budget(budget, n_layers)
         experts = apportion(np.asarray(per_layer, dtype=np.float64), target, 1, None)
         label += f" rescaled to {target}"
     return Allocation(
@@ -92,9 +91,8 @@ def mola_shape(shape: str, n_layers: int, budget: int | None = None) -> Allocati
 
 def uniform(n_layers: int, budget: int, top_k: int = 2) -> Allocation:
     """The same number of experts in every layer; a remainder goes to the first layers."""
-    n_layers = check_int("n_layers", n_layers, 1)
-    target = check_int("budget", budget, 1)
-    check_bounds(n_layers, target, 1, None)
+    n_layers = check_layers(n_layers)
+    target = check_budget(budget, n_layers)
     base, extra = divmod(target, n_layers)
     experts = tuple(base + (1 if i < extra else 0) for i in range(n_layers))
     return Allocation(

@@ -10,7 +10,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from alphalora.allocation.apportion import apportion
-from alphalora.allocation.checks import check_alphas, check_beta, check_bounds, check_int
+from alphalora.allocation.checks import (
+    check_alphas,
+    check_beta,
+    check_bounds,
+    check_budget,
+    check_int,
+)
 from alphalora.allocation.model import METHOD_DEFAULT, METHOD_OFFICIAL, Allocation, default_top_k
 from alphalora.errors import AlphaLoRAError
 
@@ -47,7 +53,7 @@ def alphalora_official(
     """
     a = check_alphas(alphas)
     b = check_beta(beta)
-    target = check_int("budget", budget, 1)
+    target = check_budget(budget, a.size)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         s = np.power(a, b)
         share = s / s.sum()
@@ -109,7 +115,7 @@ def alphalora_allocation(
     """
     a = check_alphas(alphas)
     b = check_beta(beta)
-    target = check_int("budget", budget, 1)
+    target = check_budget(budget, a.size)
     k = check_int("top_k", top_k, 1)
     low = check_int("min_experts", min_experts, 1)
     if min_at_least_top_k:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m alphalora analyze | allocate | train | runs | app``.
+"""Command line: ``python -m alphalora analyze | allocate | train | runs | predict | adapters | app``.
 
 Each sub-command lives in its own module exposing ``register(subparsers)``; handlers
 return an exit code. User errors (:class:`AlphaLoRAError`) print a message, not a traceback.
@@ -14,7 +14,7 @@ import sys
 from alphalora import __version__
 from alphalora.errors import AlphaLoRAError
 
-SUBCOMMANDS = ("analyze", "allocate", "train", "runs", "app")
+SUBCOMMANDS = ("analyze", "allocate", "train", "runs", "predict", "adapters", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except AlphaLoRAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from alphalora.cli.terminal import clean
+
+        print(f"error: {clean(exc, keep_newlines=True)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from alphalora.allocation.allocate import EXPERTS_PER_LAYER, allocate
+from alphalora.allocation.checks import MAX_TOTAL_EXPERTS
 from alphalora.allocation.layer_alphas import layer_alphas_from_table
 from alphalora.allocation.model import Allocation
 from alphalora.allocation.params import module_shapes_from_config, trainable_parameters
 from alphalora.allocation.softmax_rules import beta_to_temperature
 from alphalora.errors import AlphaLoRAError
-from alphalora.paths import atomic_write_text
+from alphalora.paths import atomic_write_text, check_output_file
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 _NUMBER_SPLIT = re.compile(r"[,\s;]+")
@@ -51,8 +52,8 @@ def register(subparsers: Any) -> None:
         "--budget",
         type=int,
         metavar="T",
-        help=f"total experts (default: {EXPERTS_PER_LAYER} per layer, 160 at 32 layers; "
-        "for --shape the shape's own total)",
+        help=f"total experts, from one per layer to {MAX_TOTAL_EXPERTS:,} (default: "
+        f"{EXPERTS_PER_LAYER} per layer, 160 at 32 layers; for --shape the shape's own total)",
     )
     temp = p.add_mutually_exclusive_group()
     temp.add_argument("--beta", type=float, metavar="B", help="inverse temperature (2.5)")
@@ -254,6 +255,8 @@ def format_table(result: Allocation, params: int | None = None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: build, print (table or JSON), optionally save."""
+    if args.out:
+        check_output_file(args.out, what="allocation file")
     result, shapes = _build(args)
     params = None
     if shapes:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from alphalora.spectral.analysis import analyze, export_table
+from alphalora.cli.terminal import clean
+from alphalora.paths import check_output_file
+from alphalora.spectral.analysis import TABLE_SUFFIXES, analyze, export_table
 from alphalora.spectral.analysis_types import FIT_MODES, AnalysisOptions
 
 
@@ -38,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-cache", action="store_true", help="recompute even if a cached analysis exists"
     )
+    p.add_argument(
+        "--verify-cache",
+        action="store_true",
+        help="hash every byte of the weights and reuse a cached analysis only if it was made "
+        "from the same bytes (the default check is the files' size, mtime and inode)",
+    )
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow .bin checkpoints (loaded with torch.load(weights_only=True))")  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true")
@@ -49,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the analysis with a tqdm bar, print the layer table, write the files asked for."""
     from tqdm import tqdm
 
+    for flag, target in (("--out", args.out), ("--layers-out", args.layers_out)):
+        if target:  # refused now, not after the whole analysis
+            check_output_file(target, TABLE_SUFFIXES, what=f"{flag} table")
     options = AnalysisOptions(
         fit=args.fit, device=args.device, precision=args.precision, log10_quirk=args.log10_quirk,
         esd_scale=args.esd_scale, include_non_block=args.all_matrices,
@@ -62,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
         if bar is None:
             bar = tqdm(total=total, unit="matrix", desc="analyse", leave=False)
         bar.n = done
-        bar.set_postfix_str(name[-40:], refresh=False)
+        bar.set_postfix_str(clean(name[-40:]), refresh=False)
         bar.refresh()
 
     try:
         result = analyze(
             args.model, options, progress=progress, use_cache=not args.no_cache,
             allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+            verify_cache=args.verify_cache,
         )  # fmt: skip
     finally:
         if bar is not None:
@@ -85,7 +97,7 @@ def format_report(result) -> str:
     """The readable summary: model line, layer table with a bar per layer, flagged fits."""
     s = result.summary()
     lines = [
-        f"model    {s['model']}  ({s['family']}, {s['layers']} layers, {s['matrices']} matrices"
+        f"model    {clean(s['model'])}  ({clean(s['family'])}, {s['layers']} layers, {s['matrices']} matrices"
         + (f", {s['parameters'] / 1e6:.1f} M parameters)" if s.get("parameters") else ")"),
         f"fit      {s['fit']}   device {s['device']}   "
         + ("loaded from cache" if s["from_cache"] else f"{s['seconds']:.1f} s"),
@@ -118,7 +130,7 @@ def format_report(result) -> str:
         f"mean alpha {s['alpha_mean']:.3f}; {len(flagged)} of {s['matrices']} fits flagged"
     )
     for _, row in flagged.head(10).iterrows():
-        lines.append(f"  ! {row['name']}: {row['warning']}")
+        lines.append(f"  ! {clean(row['name'])}: {clean(row['warning'])}")
     if len(flagged) > 10:
         lines.append(f"  … and {len(flagged) - 10} more (see --out)")
     return "\n".join(lines)

@@ -1,14 +1,21 @@
-"""``python -m alphalora runs list | show | cancel | resume | metrics | delete``."""
+"""``python -m alphalora runs list | show | cancel | resume | metrics | delete | recover``.
+
+Every text that comes from the store (names, errors, configs, log lines) goes through
+:func:`~alphalora.cli.terminal.clean` before it reaches the terminal."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from alphalora import paths
+from alphalora.cli.terminal import clean, clean_log_line
+from alphalora.errors import AlphaLoRAError
 from alphalora.runs import jobs
+from alphalora.runs.recover import orphan_run_folders, recover_runs
 from alphalora.store.listing import run_summary_row
 from alphalora.store.records import STATUSES
 from alphalora.store.run_store import RunStore
@@ -67,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_id", metavar="RUN_ID")
     p.set_defaults(handler=cmd_delete)
 
+    p = actions.add_parser(
+        "recover",
+        help="rebuild rows for run folders the store has no row for (a damaged or empty store)",
+    )
+    p.set_defaults(handler=cmd_recover)
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
@@ -85,28 +98,60 @@ def _fmt(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return clean(value)
+
+
+def _orphan_note(store: RunStore) -> None:
+    """Say when run folders exist that the store has no row for (e.g. it was emptied)."""
+    orphans = orphan_run_folders(store)
+    if orphans:
+        shown = ", ".join(orphans[:3]) + (", …" if len(orphans) > 3 else "")
+        print(
+            f"Note: {len(orphans)} run folder(s) have no row in the run store {store.path} "
+            f"({shown}); it may have been damaged or emptied. Rebuild their rows with "
+            "`python -m alphalora runs recover`."
+        )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Print the runs table."""
-    frame = _open().list_runs(status=args.status, search=args.search)
+    """Print the runs table; damaged rows are listed and named, never fatal."""
+    store = _open()
+    frame = store.list_runs(status=args.status, search=args.search)
     if frame.empty:
         print("No runs match." if (args.status or args.search) else "No runs yet.")
+        _orphan_note(store)
         return 0
     table = frame[list(LIST_SHOWN)].copy()
     table["created_at"] = table["created_at"].str.slice(0, 19).str.replace("T", " ")
+    for column in ("run_id", "name", "status", "method", "model", "task", "created_at"):
+        table[column] = table[column].map(clean, na_action="ignore")
     print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+    damaged = frame[frame["error"].fillna("").str.startswith("damaged row: ")]
+    for _, row in damaged.iterrows():
+        print(
+            f"Run {clean(row['run_id'])} has a {clean(row['error'])}; look at it with "
+            f"`runs show {clean(row['run_id'])}` or remove it with `runs delete`."
+        )
+    _orphan_note(store)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Print one run: status, config, allocation, last metrics, accuracy, adapter, log tail."""
     store = _open()
-    run = store.get_run(args.run_id)
+    try:
+        run = store.get_run(args.run_id)
+    except AlphaLoRAError:
+        if args.run_id in orphan_run_folders(store):
+            raise AlphaLoRAError(
+                f"Run {args.run_id} has a folder but no row in the run store; rebuild its row "
+                "with `python -m alphalora runs recover`."
+            ) from None
+        raise
     info = run_summary_row(run)
-    print(f"run {run['run_id']}" + (f"  ({run['name']})" if run.get("name") else ""))
+    print(f"run {clean(run['run_id'])}" + (f"  ({clean(run['name'])})" if run.get("name") else ""))
     fields = [
+        ("damaged", "; ".join(run["damaged"]) if run.get("damaged") else None),
         ("status", run["status"]),
         ("error", run.get("error")),
         ("method", info.get("method")),
@@ -153,11 +198,11 @@ def cmd_show(args: argparse.Namespace) -> int:
                 and not isinstance(v, list | dict)
                 and not (isinstance(v, float) and math.isnan(v))
             ]
-            print(f"  {split} step {int(last['step'])}: {', '.join(values)}")
+            print(f"  {clean(split)} step {int(last['step'])}: {', '.join(values)}")
     log = jobs.tail_log(run["run_id"], args.lines)
     print(f"log (last {args.lines} lines):" if log else "log: (empty)")
-    for line in log.splitlines():
-        print(f"  {line}")
+    for line in log.split("\n"):
+        print(f"  {clean_log_line(line)}")
     return 0
 
 
@@ -169,8 +214,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Resume a run from its last checkpoint."""
+    """Resume a run from its newest valid checkpoint (naming any damaged one first)."""
+    from alphalora.finetune.checkpoint_check import resume_preview
+    from alphalora.store.records import check_run_id
+
     store = _open()
+    store.get_run(args.run_id)
+    preview = resume_preview(paths.data_dir() / "runs" / check_run_id(args.run_id))
+    if preview:
+        print(f"Note: {preview}")
     jobs.resume_run(args.run_id, store=store)
     run = store.get_run(args.run_id)
     print(
@@ -182,6 +234,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Print the run's metrics table, or write it to CSV (list metrics as JSON text)."""
+    if args.csv:
+        paths.check_output_file(args.csv, (".csv",), what="metrics file")
     frame = _open().metrics(args.run_id, split=args.split)
     list_columns = [
         c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list | dict)).any()
@@ -192,7 +246,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             out[column] = out[column].map(
                 lambda v: json.dumps(v) if isinstance(v, list | dict) else ""
             )
-        paths.atomic_write_text(args.csv, out.to_csv(index=False))
+        try:
+            paths.atomic_write_text(Path(args.csv).expanduser(), out.to_csv(index=False))
+        except OSError as exc:
+            raise paths.write_error(args.csv, exc, "metrics file") from exc
         print(f"Wrote {len(out)} rows to {args.csv}.")
         return 0
     if frame.empty:
@@ -202,6 +259,24 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     print(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.5g}"))
     if list_columns:
         print(f"(not shown: {', '.join(list_columns)}; use --csv FILE to get them)")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Rebuild the rows of run folders that have none, and say what was done with each."""
+    store = _open()
+    done = recover_runs(store)
+    if not done:
+        print(f"Every run folder has its row in {store.path}; nothing to recover.")
+        return 0
+    for item in done:
+        if item.status is None:
+            print(f"skipped {clean(item.run_id)}: {item.detail}")
+        else:
+            print(
+                f"recovered {clean(item.run_id)} as {item.status} ({item.detail}; "
+                f"{item.metrics} metric log entries)"
+            )
     return 0
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 
+from alphalora.cli.terminal import clean
 from alphalora.errors import AlphaLoRAError
 
 
@@ -29,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-id", help="use this existing run (queued, or the one to resume)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--steps", type=int, help="override the number of optimizer steps")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        metavar="N",
+        help="override the learning-rate warmup (steps); when --steps alone goes below the "
+        "config's warmup, the warmup is lowered to the step count (with a note)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the device")
     p.add_argument("--model", help="override the model (embedded, folder or hub id)")
     p.add_argument(
@@ -48,6 +56,7 @@ def _config(args: argparse.Namespace):
         key: value
         for key, value in (
             ("steps", args.steps),
+            ("warmup_steps", args.warmup_steps),
             ("device", args.device),
             ("model", args.model),
             ("task", args.task),
@@ -67,6 +76,13 @@ def _config(args: argparse.Namespace):
         config = load_config(stored)
     else:
         config = load_config(args.config)
+    if args.steps is not None and args.warmup_steps is None and config.warmup_steps > args.steps:
+        print(
+            f"note: warmup_steps {config.warmup_steps} is more than --steps {args.steps}; "
+            f"using warmup_steps {args.steps} (set it with --warmup-steps).",
+            file=sys.stderr,
+        )
+        overrides["warmup_steps"] = args.steps
     return config.replace(**overrides) if overrides else config
 
 
@@ -85,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is None:
             return
         bar.n = min(config.steps, int(round(fraction * config.steps)))
-        bar.set_postfix_str(message[-60:], refresh=False)
+        bar.set_postfix_str(clean(message[-60:]), refresh=False)
         bar.refresh()
 
     try:
@@ -104,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_result(result: dict) -> None:
     print(f"run {result['run_id']}: {result['status']}")
     if result["status"] != "completed":
-        print(result.get("message", ""))
+        print(clean(result.get("message", "")))
         if result.get("checkpoint"):
             print(
                 f"checkpoint {result['checkpoint']}; continue with: python -m alphalora train "

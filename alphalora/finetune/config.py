@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alphalora.allocation.checks import MAX_TOTAL_EXPERTS
 from alphalora.errors import AlphaLoRAError
 
 METHODS = ("moe-lora", "lora")
@@ -224,6 +225,11 @@ class TrainConfig:
                 raise AlphaLoRAError(
                     f"allocation.{key} must be a whole number ≥ {low}; got {value!r}."
                 )
+        if spec.get("budget") is not None and spec["budget"] > MAX_TOTAL_EXPERTS:
+            raise AlphaLoRAError(
+                f"allocation.budget {spec['budget']:,} is above the supported maximum of "
+                f"{MAX_TOTAL_EXPERTS:,} experts in total."
+            )
         epl = spec.get("experts_per_layer")
         if epl is not None and (not _is_number(epl) or epl < 1):
             raise AlphaLoRAError(f"allocation.experts_per_layer must be ≥ 1; got {epl!r}.")

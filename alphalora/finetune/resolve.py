@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,16 @@ def resolve_model_path(ref: str, progress: Progress | None = None) -> str:
     )
 
 
-def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: str = "auto") -> Any:
+def resolve_allocation(
+    config: TrainConfig,
+    n_layers: int,
+    *,
+    analysis_device: str = "auto",
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Any:
     """Turn ``config.allocation`` (explicit lists or a spec) into an :class:`Allocation` for a
-    model with ``n_layers`` transformer layers; refuses a layer-count mismatch."""
+    model with ``n_layers`` transformer layers; refuses a layer-count mismatch. ``progress``
+    follows the spectral analysis, matrix by matrix (and may raise to stop it)."""
     from alphalora.allocation.shapes import custom, mola_shape, uniform
     from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
 
@@ -73,7 +81,12 @@ def resolve_allocation(config: TrainConfig, n_layers: int, *, analysis_device: s
         return uniform(n_layers, budget, top_k)
     from alphalora.spectral.analysis import layer_alphas
 
-    alphas = layer_alphas(config.model, fit=spec.get("fit") or "hill-peak", device=analysis_device)
+    alphas = layer_alphas(
+        config.model,
+        fit=spec.get("fit") or "hill-peak",
+        device=analysis_device,
+        progress=progress,
+    )
     if len(alphas) != n_layers:
         raise AlphaLoRAError(
             f"The spectral analysis found {len(alphas)} layers but the model loads with "

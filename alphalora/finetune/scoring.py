@@ -4,8 +4,10 @@ parser where an answer that cannot be parsed counts as wrong. Sums add up across
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,8 +124,10 @@ def _score_sequences(
     max_length: int,
     batch_size: int,
     device: Any,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """Sum of log-probabilities of each (example index, choice) continuation."""
+    """Sum of log-probabilities of each (example index, choice) continuation; ``on_batch`` gets
+    the number of pairs scored so far after each batch."""
     import torch
 
     pad_id = pad_token_id(tokenizer)
@@ -141,6 +145,8 @@ def _score_sequences(
             logits = _forward_logits(model, batch, device)
             logp, mask = _answer_logprobs(logits, batch["labels"])
         scores.extend((logp * mask).sum(dim=1).tolist())
+        if on_batch is not None:
+            on_batch(len(scores))
     return scores
 
 
@@ -185,8 +191,13 @@ def evaluate_counts(
     max_length: int = 256,
     scoring: str | None = None,
     max_new_tokens: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> EvalCounts:
-    """Raw evaluation sums (see :func:`evaluate`) so that shards can be added up."""
+    """Raw evaluation sums (see :func:`evaluate`) so that shards can be added up.
+
+    ``on_batch(done, total)`` is called after every batch of every pass with the number of
+    examples fully scored so far and the number to score; it may raise to stop the evaluation
+    (the model is put back in training mode if it was)."""
     import torch
 
     counts = EvalCounts()
@@ -203,6 +214,12 @@ def evaluate_counts(
     pad_id = pad_token_id(tokenizer)
     table = _choice_token_table(tokenizer, examples) if mode == "choice" else {}
     predictions: dict[int, int] = {}
+    total = len(examples)
+
+    def report(done: int) -> None:
+        if on_batch is not None:
+            on_batch(done, total)
+
     try:
         feats = encode_examples(tokenizer, examples, max_length)
         for start in range(0, len(examples), batch_size):
@@ -214,6 +231,7 @@ def evaluate_counts(
             counts.loss_sum += float(-(logp * mask).sum())
             counts.tokens += int(mask.sum())
             if mode != "choice":
+                report(0)  # scored once generated, below
                 continue
             for row, f in enumerate(chunk):
                 index = start + row
@@ -226,12 +244,20 @@ def evaluate_counts(
                 row_logp = torch.log_softmax(logits[row, at].float(), dim=-1)
                 ids = torch.tensor([table[c][0] for c in ex.choices], device=row_logp.device)
                 predictions[index] = int(row_logp[ids].argmax())
+            report(len(predictions))
         if mode == "choice":
             pending = [i for i in range(len(examples)) if i not in predictions]
             pairs = [(i, c) for i in pending for c in examples[i].choices]
+            ends = list(itertools.accumulate(len(examples[i].choices) for i in pending))
+            scored_before = len(predictions)
+
+            def pairs_done(n_pairs: int) -> None:  # an example is scored once all its pairs are
+                report(scored_before + bisect.bisect_right(ends, n_pairs))
+
             scores = _score_sequences(
-                model, tokenizer, pairs, examples, table, max_length, batch_size, device
-            )
+                model, tokenizer, pairs, examples, table, max_length, batch_size, device,
+                on_batch=pairs_done,
+            )  # fmt: skip
             offset = 0
             for i in pending:
                 k = len(examples[i].choices)
@@ -259,6 +285,7 @@ def evaluate_counts(
                         counts.unparsable += 1
                     elif normalise_answer(parsed) == normalise_answer(ex.answer):
                         counts.correct += 1
+                report(start + len(chunk_ex))
         counts.n = len(examples)
     finally:
         if was_training:

@@ -13,25 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from alphalora.errors import AlphaLoRAError
+from alphalora.finetune.checkpoint_check import file_sha256
 from alphalora.finetune.checkpoints import (
     CHECKPOINT_FORMAT,
+    TRAINABLE_FILE,
     capture_rng,
     commit_checkpoint,
     config_fingerprint,
-    latest_checkpoint,
-    load_checkpoint,
     prune_checkpoints,
-    read_checkpoint_state,
     stage_checkpoint,
 )
 from alphalora.finetune.data_order import batch_indices
 from alphalora.finetune.runtime import device_label, now
-from alphalora.finetune.session_setup import SessionSetup
+from alphalora.finetune.session_resume import SessionResume
 
 ADAPTER_DIR = "adapter"
 
 
-class Session(SessionSetup):
+class Session(SessionResume):
     """State of one call to :func:`~alphalora.finetune.train.train`; methods are the phases of
     the run (the set-up ones in :class:`SessionSetup`)."""
 
@@ -73,11 +72,13 @@ class Session(SessionSetup):
         batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
         shard = self.eval_examples[acc.process_index :: acc.num_processes]
         self.report(self.step / cfg.steps, f"Evaluating at step {step} ({len(self.eval_examples)})")
+        self.set_phase("evaluating", 0, len(self.eval_examples))
         counts = evaluate_counts(
             self.unwrapped,
             self.tokenizer,
             shard,
             batch_size,
+            on_batch=self._eval_batch,
             max_length=cfg.max_length,
             scoring=self.eval_scoring,
         )
@@ -113,6 +114,13 @@ class Session(SessionSetup):
         self.last_eval, self.last_eval_step = metrics, step
         return metrics
 
+    def _eval_batch(self, done: int, total: int) -> None:
+        """After each evaluation batch: progress on the run row (this process's share scaled to
+        the whole evaluation), and a stop if one was asked for (single process)."""
+        n = len(self.eval_examples)
+        self.set_phase("evaluating", min(n, done * self.accelerator.num_processes), n)
+        self.check_stop_local()
+
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
         """Adapter weights + optimizer/scheduler/RNG + step, written to a temporary folder and
@@ -142,32 +150,13 @@ class Session(SessionSetup):
                 "tokens_seen": self.tokens_seen,
                 "step_seconds": self.step_seconds[-1000:],
                 "saved_at": now(),
+                "sha256": {TRAINABLE_FILE: file_sha256(tmp / TRAINABLE_FILE)},
+                "eval_pending": self.eval_pending,
             }
             commit_checkpoint(tmp, final, state)
             prune_checkpoints(self.folder, self.config.keep_checkpoints)
         acc.wait_for_everyone()
         return final
-
-    def restore_checkpoint(self) -> bool:
-        """Continue from the run's latest checkpoint; False (from step 0) when there is none."""
-        acc = self.accelerator
-        folder = latest_checkpoint(self.folder)
-        if folder is None:
-            self.report(0.0, "No checkpoint found: starting from step 0")
-            return False
-        state = read_checkpoint_state(folder, self.config, acc.num_processes)
-        scaler = getattr(acc, "scaler", None)
-        load_checkpoint(
-            folder, self.unwrapped, self.optimizer, self.scheduler, scaler, acc.process_index
-        )
-        self.step = int(state["step"])
-        self.accuracy_before = state.get("accuracy_before")
-        self.eval_loss_before = state.get("eval_loss_before")
-        self.elapsed_before = float(state.get("elapsed", 0.0))
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.step_seconds = [float(s) for s in state.get("step_seconds", [])]
-        self.report(self.step / self.config.steps, f"Resumed from {folder.name}")
-        return True
 
     # -- training -------------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
@@ -250,15 +239,6 @@ class Session(SessionSetup):
             )
         return metrics
 
-    def stop_requested(self) -> bool:
-        import torch
-
-        flag = self.stop.requested
-        if self.accelerator.num_processes > 1:
-            t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-            flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
-        return flag
-
     def interrupted(self, reason: str, save: bool = True) -> dict[str, Any]:
         checkpoint = None
         if save and self.loop_started and self.step > 0:
@@ -276,6 +256,7 @@ class Session(SessionSetup):
                 finished_at=now(),
                 heartbeat_at=now(),
             )
+        self.set_phase("finished")
         return {
             "run_id": self.run_id,
             "status": status,
@@ -288,6 +269,9 @@ class Session(SessionSetup):
         cfg = self.config
         if self.resume:
             self.restore_checkpoint()
+        if self.eval_pending:  # a stop cut this step's evaluation short: do it now
+            self.evaluate(self.step)
+            self.eval_pending = False
         if self.step == 0 and cfg.eval_before:
             before = self.evaluate(0)
             self.accuracy_before = before["accuracy"]
@@ -300,15 +284,19 @@ class Session(SessionSetup):
                 )
             self.report(0.0, f"accuracy before training {self.accuracy_before:.3f}")
         self.loop_started = True
+        self.set_phase("training", self.step, cfg.steps)
         while self.step < cfg.steps:
             if self.stop_requested():
                 return self.interrupted(f"stopped by {self.stop.signal_name or 'request'}")
             metrics = self.train_step()
             self._log(self.step, metrics, "train")
             self._update(heartbeat_at=now())
+            self.set_phase("training", self.step, cfg.steps)
             message = f"step {self.step}/{cfg.steps} loss {metrics['train_loss']:.4f}"
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self.eval_pending = True
                 result = self.evaluate(self.step)
+                self.eval_pending = False
                 message += f" accuracy {result['accuracy']:.3f}"
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
@@ -338,6 +326,7 @@ class Session(SessionSetup):
             "n_eval": final["n"],
             "experts": None if self.allocation is None else list(self.allocation.experts),
         }
+        self.set_phase("saving")
         if self.main:
             self._save_adapter(adapter, summary)
             self.store.merge_summary(self.run_id, **summary)
@@ -352,6 +341,7 @@ class Session(SessionSetup):
                 fields["seconds_per_step"] = per_step
             self.store.update_run(self.run_id, **fields)
         self.accelerator.wait_for_everyone()
+        self.set_phase("finished")
         self.report(1.0, f"accuracy {final['accuracy']:.3f}; adapter saved to {adapter}")
         return {
             "run_id": self.run_id,

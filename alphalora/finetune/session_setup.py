@@ -13,6 +13,7 @@ from alphalora.errors import AlphaLoRAError
 from alphalora.finetune.checkpoints import CHECKPOINTS_DIR
 from alphalora.finetune.config import TrainConfig
 from alphalora.finetune.resolve import resolve_allocation, resolve_model_path
+from alphalora.finetune.run_progress import RunProgress, StopRequested, stop_between_blocks
 from alphalora.finetune.runtime import (
     Progress,
     StopFlag,
@@ -55,6 +56,8 @@ class SessionSetup:
         self.loop_started = False
         self.owns_run = False
         self.rng_snapshot: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.eval_pending = False  # a mid-training evaluation was stopped: redo it on resume
+        self.progress_row = RunProgress(None, config.steps)
 
     # -- store helpers (main process only) ------------------------------------------------
     @property
@@ -65,9 +68,44 @@ class SessionSetup:
         if self.main and self.run_id is not None:
             self.store.update_run(self.run_id, **fields)
 
+    def set_phase(self, phase: str, done: int | None = None, total: int | None = None) -> None:
+        """Record the phase and progress on the run row (see :mod:`run_progress`)."""
+        self.progress_row.update(phase, done, total, step=self.step)
+
+    # -- stop requests --------------------------------------------------------------------
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for, agreed by every process (a collective under DDP)."""
+        import torch
+
+        flag = self.stop.requested
+        if self.accelerator.num_processes > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+            flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+        return flag
+
+    def check_stop(self) -> None:
+        """Raise :class:`StopRequested` if a stop was asked for; called by every process at
+        the same points (between load phases)."""
+        if self.stop_requested():
+            raise StopRequested
+
+    def check_stop_local(self) -> None:
+        """Raise :class:`StopRequested` at a point only this process reaches (an evaluation
+        batch, a progress callback of the export or analysis): single-process runs only,
+        where no other process can be left waiting in a collective."""
+        if self.stop.requested and self.accelerator.num_processes == 1:
+            raise StopRequested
+
+    def _report_or_stop(self, fraction: float, message: str) -> None:
+        self.report(fraction, message)
+        self.check_stop_local()
+
     def _log(self, step: int, metrics: dict[str, Any], split: str) -> None:
         if self.main:
+            from alphalora.store.recovery import append_metrics_mirror
+
             self.store.log_metrics(self.run_id, step, metrics, split=split)
+            append_metrics_mirror(self.folder, step, metrics, split)  # for `runs recover`
 
     # -- set-up ---------------------------------------------------------------------------
     def _from_main(self, value: Any, error: str | None) -> Any:
@@ -160,6 +198,11 @@ class SessionSetup:
             fields["started_at"] = now()
         self._update(**fields)
         if self.main:
+            run_id = self.run_id
+            self.progress_row = RunProgress(
+                lambda record: self.store.merge_summary(run_id, progress=record), cfg.steps
+            )
+        if self.main:
             from alphalora.paths import atomic_write_json
 
             atomic_write_json(self.folder / "config.json", cfg.to_dict())
@@ -173,8 +216,14 @@ class SessionSetup:
         from alphalora.finetune.moe import trainable_parameter_count
 
         cfg = self.config
+        self.set_phase("loading task")
+        self.check_stop()
         self._load_task()
+        self.set_phase("loading model")
+        self.check_stop()
         model = self._add_adapters(self._load_model())
+        stop_between_blocks(model, self.check_stop_local)  # evaluations stop within a block
+        self.check_stop()
         self.params_trainable = trainable_parameter_count(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
@@ -227,8 +276,9 @@ class SessionSetup:
         self.report(0.0, f"Loading model {cfg.model}")
         # Under several processes the main one fills the shared caches first (the embedded
         # model's export here, the spectral analysis in _allocation); the others then reuse them.
+        single = self.accelerator.num_processes == 1  # callbacks may stop only a single process
         with self.accelerator.main_process_first():
-            path = resolve_model_path(cfg.model, self.report)
+            path = resolve_model_path(cfg.model, self._report_or_stop if single else self.report)
         kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -236,6 +286,7 @@ class SessionSetup:
             raise AlphaLoRAError(f"Could not load a tokenizer from {path}: {exc}") from exc
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             tokenizer.pad_token = tokenizer.eos_token
+        self.check_stop()
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
             self.precision
         ]
@@ -259,8 +310,11 @@ class SessionSetup:
             from alphalora.finetune.moe_inject import find_blocks
 
             n_layers = len(find_blocks(model)[1])
+            self.set_phase("resolving allocation")
+            self.check_stop()
             with self.accelerator.main_process_first():
                 self.allocation = self._allocation(n_layers)
+            self.check_stop()
             set_seed(cfg.seed)
             inject_moe_lora(
                 model,
@@ -294,4 +348,13 @@ class SessionSetup:
                     return allocation
         self.report(0.0, "Resolving the expert allocation")
         analysis_device = "cpu" if self.accelerator.device.type == "cpu" else "auto"
-        return resolve_allocation(self.config, n_layers, analysis_device=analysis_device)
+        single = self.accelerator.num_processes == 1
+
+        def analysis_progress(done: int, total: int, name: str) -> None:
+            self.set_phase("resolving allocation", done, total)
+            if single:
+                self.check_stop_local()
+
+        return resolve_allocation(
+            self.config, n_layers, analysis_device=analysis_device, progress=analysis_progress
+        )

@@ -24,6 +24,7 @@ from typing import Any
 
 from alphalora.errors import AlphaLoRAError
 from alphalora.finetune.config import TrainConfig, load_config
+from alphalora.finetune.run_progress import StopRequested
 from alphalora.finetune.runtime import Progress, make_accelerator, now
 from alphalora.finetune.session import Session
 
@@ -78,6 +79,10 @@ def train(
             if session.stop_requested():
                 return session.interrupted(f"stopped by {session.stop.signal_name}", save=False)
             return session.run()
+        except StopRequested:
+            # noticed between load phases or evaluation batches: a checkpoint only once the
+            # loop has made progress (none is needed before step 1)
+            return session.interrupted(f"stopped by {session.stop.signal_name or 'request'}")
         except KeyboardInterrupt:
             if session.stop.in_update:
                 return session.interrupted("interrupted during an update", save=False)
@@ -96,6 +101,8 @@ def train(
                         finished_at=now(),
                         heartbeat_at=now(),
                     )
+                with contextlib.suppress(Exception):
+                    session.set_phase("finished")
             if isinstance(exc, AlphaLoRAError):
                 raise
             if not isinstance(exc, Exception):

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from alphalora.errors import AlphaLoRAError
-from alphalora.paths import subdir
+from alphalora.paths import check_output_file, subdir, write_error
 from alphalora.spectral import spectra
 from alphalora.spectral.analysis_cache import cache_key, load_cached, save_cache
 from alphalora.spectral.analysis_types import AnalysisOptions, AnalysisResult
@@ -255,11 +255,15 @@ def analyze(
     keep_eigenvalues: bool = True,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    verify_cache: bool = False,
 ) -> AnalysisResult:
     """Analyse every 2-D block matrix of a model (hub id, folder, file or ``"embedded"``).
 
     Returns per-matrix and per-layer DataFrames. Matrices that cannot be fitted (NaN/Inf,
-    all zeros, a single row) get NaN metrics and a ``warning``; the rest completes.
+    all zeros, a single row) get NaN metrics and a ``warning``; the rest completes. A cached
+    result is reused when the weight files' fingerprint, size, mtime and inode match;
+    ``verify_cache`` also hashes every byte of the weights and reuses only an entry made from
+    the same bytes.
     """
     opts = options or AnalysisOptions()
     opts.validate()
@@ -270,9 +274,12 @@ def analyze(
     )
     device = resolve_device(opts.device)
     fingerprint = source.fingerprint()
-    cache_path = subdir("analyses") / cache_key(fingerprint, opts)
+    cache_path = subdir("analyses") / cache_key(fingerprint, opts, source.stat_guard())
+    content_hash = source.content_hash() if use_cache and verify_cache else None
     if use_cache and cache_path.exists():
-        cached = load_cached(cache_path, str(source.ref), opts, fingerprint)
+        cached = load_cached(
+            cache_path, str(source.ref), opts, fingerprint, content_hash=content_hash
+        )
         if cached is not None:
             if progress:
                 n = len(cached.matrices)
@@ -306,16 +313,22 @@ def analyze(
     )  # fmt: skip
     if use_cache and keep_eigenvalues:
         try:
-            save_cache(cache_path, result)
+            save_cache(cache_path, result, content_hash)
         except OSError as exc:  # the analysis itself is still good: report, do not lose it
             result.cache_dir = None
             result.model = {**result.model, "cache_error": str(exc)}
     return result
 
 
-def layer_alphas(ref: str | Path, fit: str = "hill-peak", device: str = "auto") -> list[float]:
+def layer_alphas(
+    ref: str | Path,
+    fit: str = "hill-peak",
+    device: str = "auto",
+    *,
+    progress: ProgressFn | None = None,
+) -> list[float]:
     """Per-layer mean alpha of a model (cached), the input of the AlphaLoRA allocation."""
-    result = analyze(ref, AnalysisOptions(fit=fit, device=device))
+    result = analyze(ref, AnalysisOptions(fit=fit, device=device), progress=progress)
     alphas = result.layer_alphas
     bad = [i for i, a in enumerate(alphas) if not np.isfinite(a)]
     if bad:
@@ -325,19 +338,24 @@ def layer_alphas(ref: str | Path, fit: str = "hill-peak", device: str = "auto") 
     return alphas
 
 
+TABLE_SUFFIXES = (".csv", ".json", ".parquet")
+
+
 def export_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a table to CSV, JSON (records) or Parquet, chosen by the file's suffix."""
-    path = Path(path)
+    path = check_output_file(path, TABLE_SUFFIXES, what="table")
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json", ".parquet"):
-        raise AlphaLoRAError(f"Cannot write {path.name}: use a .csv, .json or .parquet file name.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    if suffix == ".csv":
-        df.to_csv(tmp, index=False)
-    elif suffix == ".json":
-        df.to_json(tmp, orient="records", indent=1)
-    else:
-        df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        elif suffix == ".json":
+            df.to_json(tmp, orient="records", indent=1)
+        else:
+            df.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc, "table") from exc
     return path

@@ -1,6 +1,11 @@
-"""The on-disk cache of analyses: one folder per (weights' fingerprint, options) key holding
-the tables (Parquet), the spectra (npz) and a meta.json, written atomically, so that a second
-analysis of the same model loads instantly."""
+"""The on-disk cache of analyses: one folder per (weights' fingerprint, file guard, options) key
+holding the tables (Parquet), the spectra (npz) and a meta.json, written atomically, so that a
+second analysis of the same model loads instantly.
+
+The key holds the weight files' size, mtime_ns and inode (the guard), so any ordinary edit of
+the weights misses the cache. An edit that restores all three (an in-place rewrite followed by
+``touch -r``) is caught only by the full content hash of ``--verify-cache``: an entry is then
+used only when it records the same hash."""
 
 from __future__ import annotations
 
@@ -23,20 +28,30 @@ from alphalora.spectral.analysis_types import AnalysisOptions, AnalysisResult
 CACHE_VERSION = 1
 
 
-def cache_key(fingerprint: str, opts: AnalysisOptions) -> str:
-    """Name of the cache folder of a model (by its fingerprint) analysed with ``opts``."""
+def cache_key(fingerprint: str, opts: AnalysisOptions, guard: str = "") -> str:
+    """Name of the cache folder of a model (by its fingerprint and its files' stat ``guard``)
+    analysed with ``opts``."""
     blob = json.dumps(
-        {"fp": fingerprint, "opts": opts.cache_key_part(), "v": CACHE_VERSION}, sort_keys=True
+        {"fp": fingerprint, "guard": guard, "opts": opts.cache_key_part(), "v": CACHE_VERSION},
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def load_cached(
-    path: Path, ref: str, opts: AnalysisOptions, fingerprint: str
+    path: Path,
+    ref: str,
+    opts: AnalysisOptions,
+    fingerprint: str,
+    *,
+    content_hash: str | None = None,
 ) -> AnalysisResult | None:
-    """The analysis cached in ``path``, or None when the entry is damaged or incomplete."""
+    """The analysis cached in ``path``, or None when the entry is damaged or incomplete, or,
+    with ``content_hash``, when the entry does not record that same hash of the weights."""
     try:
         meta = json.loads((path / "meta.json").read_text())
+        if content_hash is not None and meta.get("content_hash") != content_hash:
+            return None  # unverified or made from other bytes: recompute
         matrices = pd.read_parquet(path / "matrices.parquet")
         layers = pd.read_parquet(path / "layers.parquet")
         with np.load(path / "eigenvalues.npz") as npz:
@@ -50,8 +65,9 @@ def load_cached(
     )  # fmt: skip
 
 
-def save_cache(path: Path, result: AnalysisResult) -> None:
-    """Write the result into ``path`` atomically (temp folder, then rename)."""
+def save_cache(path: Path, result: AnalysisResult, content_hash: str | None = None) -> None:
+    """Write the result into ``path`` atomically (temp folder, then rename), with the weights'
+    ``content_hash`` when it was computed (``--verify-cache``)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         result.matrices.to_parquet(tmp / "matrices.parquet", index=False)
@@ -66,6 +82,7 @@ def save_cache(path: Path, result: AnalysisResult) -> None:
                 "ref": result.ref, "model": result.model, "options": asdict(result.options),
                 "fingerprint": result.fingerprint, "elapsed_s": result.elapsed_s, "device": result.device,
                 "eig_names": names, "alphalora_version": __version__, "created_at": time.time(),
+                "content_hash": content_hash,
             },
         )  # fmt: skip
         if path.exists():

@@ -81,9 +81,17 @@ class AnalysisResult:
             "matrices": int(m.shape[0]),
             "parameters": self.model.get("parameters"),
             "fit": self.options.fit,
-            "alpha_mean": float(np.nanmean(m["alpha"])) if len(m) else math.nan,
+            "alpha_mean": _nan_mean(m["alpha"]) if len(m) else math.nan,
             "flagged": int((~m["reliable"]).sum()) if len(m) else 0,
             "seconds": round(self.elapsed_s, 2),
             "device": self.device,
             "from_cache": self.from_cache,
         }
+
+
+def _nan_mean(values: pd.Series) -> float:
+    """Mean of the finite values, NaN when there is none (every fit flagged), without numpy's
+    "Mean of empty slice" warning."""
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return float(finite.mean()) if finite.size else math.nan

@@ -162,6 +162,10 @@ class GGUFSource(ModelSource):
         values = np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
         return torch.from_numpy(values)
 
+    def weight_files(self) -> list[Path]:
+        """The one ``.gguf`` file."""
+        return [self.path]
+
     def _fingerprint_parts(self) -> Iterator[bytes]:
         yield self.path.name.encode()
         yield str(self.path.stat().st_size).encode()

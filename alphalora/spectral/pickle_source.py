@@ -58,7 +58,10 @@ class PickleSource(ModelSource):
         int_weights = [
             n
             for n, t in self._state.items()
-            if t.ndim == 2 and not t.is_floating_point() and n.endswith(".weight")
+            if t.ndim == 2
+            and not t.is_floating_point()
+            and t.dtype != torch.bool  # masks, not packed weights
+            and n.endswith(".weight")
         ]
         refuse_quantised(path, config, names, int_weights)
         family = detect_family(config, names)

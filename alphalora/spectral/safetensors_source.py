@@ -53,7 +53,7 @@ class SafetensorsSource(ModelSource):
         int_weights = [
             n
             for n, shape, dt in entries
-            if len(shape) == 2 and dt not in FLOAT_DTYPES and n.endswith(".weight")
+            if len(shape) == 2 and dt not in FLOAT_DTYPES and dt != "BOOL" and n.endswith(".weight")
         ]
         refuse_quantised(path, config, names, int_weights)
         family = detect_family(config, names)

@@ -124,6 +124,37 @@ class ModelSource(ABC):
     def _fingerprint_parts(self) -> Iterator[bytes]:
         """Byte strings that identify the stored model (names, sizes, headers)."""
 
+    def weight_files(self) -> list[Path]:
+        """The files the weights are read from (every shard), for the cache's guards."""
+        files = getattr(self, "files", None)
+        return list(files) if files else [self.path]
+
+    def stat_guard(self) -> str:
+        """Hash of each weight file's size, mtime_ns and inode: free to compute, and changed by
+        any ordinary write, copy or replace, so that an edited model never hits an old cache."""
+        digest = hashlib.sha256()
+        for file in self.weight_files():
+            st = file.stat()
+            digest.update(f"{file.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        return digest.hexdigest()[:32]
+
+    def content_hash(self, chunk: int = 8 << 20) -> str:
+        """BLAKE2b of every byte of every weight file, streamed in ``chunk``-byte reads: the
+        check behind ``--verify-cache``, which also catches edits that keep size, mtime and
+        inode (e.g. ``touch -r`` after an in-place rewrite)."""
+        digest = hashlib.blake2b(digest_size=32)
+        for file in self.weight_files():
+            digest.update(file.name.encode() + b"\0")
+            try:
+                with open(file, "rb") as fh:
+                    while block := fh.read(chunk):
+                        digest.update(block)
+            except OSError as exc:
+                raise AlphaLoRAError(
+                    f"Cannot read {file} to verify the cache ({exc.strerror or exc})."
+                ) from exc
+        return "blake2b:" + digest.hexdigest()
+
     def parameter_count(self) -> int:
         """Number of floating-point parameters stored (all tensors, not only matrices)."""
         return self._parameter_count

@@ -65,10 +65,16 @@ def run_summary_row(run: Mapping[str, Any]) -> dict[str, Any]:
     """One decoded run as a flat row of :data:`LIST_COLUMNS` (method/model/task are read from
     the config, then the allocation; accuracies from the summary)."""
     config = run.get("config") or {}
+    if not isinstance(config, Mapping):
+        config = {}
     allocation = run.get("allocation") or (
         config.get("allocation") if isinstance(config, Mapping) else None
     )
     summary = run.get("summary") or {}
+    damaged = run.get("damaged")
+    error = run.get("error")
+    if damaged:  # shown on the row itself, ahead of any error
+        error = "damaged row: " + "; ".join(damaged) + (f" | {error}" if error else "")
     method = _pick_text(config, ("method", "allocation_method", "mode")) or _pick_text(
         allocation, ("method", "mode", "shape")
     )
@@ -88,5 +94,5 @@ def run_summary_row(run: Mapping[str, Any]) -> dict[str, Any]:
         "seconds_per_step": run.get("seconds_per_step"),
         "params_trainable": run.get("params_trainable"),
         "total_experts": total_experts(allocation if isinstance(allocation, Mapping) else None),
-        "error": run.get("error"),
+        "error": error,
     }

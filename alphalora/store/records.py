@@ -106,10 +106,42 @@ def encode_metric(name: str, value: Any) -> tuple[float | None, str | None]:
 
 
 def decode_metric(value: float | None, text: str | None) -> Any:
-    """A metric value back from its (REAL column, JSON column) pair."""
+    """A metric value back from its (REAL column, JSON column) pair; a damaged JSON value
+    reads as None (a missing value) rather than breaking the whole table."""
     if text is None:
         return value
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+TIME_FIELDS = ("created_at", "started_at", "finished_at", "heartbeat_at")
+
+
+def damage_of(run: dict[str, Any], json_fields: tuple[str, ...]) -> list[str]:
+    """Decode a stored run row in place, tolerating damage: a JSON field that does not parse,
+    or a time that is not ISO-8601, becomes None. Returns what was damaged, for people."""
+    problems = []
+    for key in json_fields:
+        text = run.get(key)
+        try:
+            run[key] = json.loads(text) if text else None
+        except (TypeError, ValueError):
+            run[key] = None
+            problems.append(f"{key} is not valid JSON")
+    for key in TIME_FIELDS:
+        value = run.get(key)
+        if value is None:
+            continue
+        try:
+            parse_time(value)
+        except (TypeError, ValueError):
+            run[key] = None
+            problems.append(f"{key} {str(value)[:40]!r} is not an ISO-8601 time")
+    if run.get("status") not in STATUSES:
+        problems.append(f"status {str(run.get('status'))[:40]!r} is unknown")
+    return problems
 
 
 def new_run_id() -> str:

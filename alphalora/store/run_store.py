@@ -22,6 +22,7 @@ from alphalora.store.records import (
     ACTIVE_STATUSES,
     STATUSES,
     check_run_id,
+    damage_of,
     decode_metric,
     dumps_json,
     encode_metric,
@@ -181,7 +182,12 @@ class RunStore(StoreConnection):
             row = conn.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise self._unknown(run_id)
-            summary = json.loads(row[0]) if row[0] else {}
+            try:
+                summary = json.loads(row[0]) if row[0] else {}
+            except ValueError:  # a damaged summary is kept as text, never lost
+                summary = {"damaged_summary": row[0]}
+            if not isinstance(summary, dict):
+                summary = {"damaged_summary": row[0]}
             summary.update(items)
             conn.execute(
                 "UPDATE runs SET summary = ? WHERE run_id = ?", (dumps_json(summary), run_id)
@@ -192,9 +198,12 @@ class RunStore(StoreConnection):
 
     @staticmethod
     def _decode_run(row: Mapping[str, Any]) -> dict:
+        """A stored row as a dict with its JSON fields decoded; a damaged row (JSON that does
+        not parse, a bad time) is still returned, with ``damaged`` listing what is wrong."""
         run = dict(row)
-        for key in _JSON_FIELDS:
-            run[key] = json.loads(run[key]) if run.get(key) else None
+        damaged = damage_of(run, _JSON_FIELDS)
+        if damaged:
+            run["damaged"] = damaged
         return run
 
     def get_run(self, run_id: str) -> dict:

@@ -100,6 +100,11 @@ class StoreConnection:
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             return conn
         # A connection inherited through fork must never be used: open a fresh one.
+        if self.path.is_dir():
+            raise AlphaLoRAError(
+                f"Run store {self.path} is a folder, not a run store file. Move the folder "
+                "aside, or point ALPHALORA_RUNS_DB (or ALPHALORA_HOME) somewhere else."
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
