@@ -1,4 +1,4 @@
-"""``python -m alphalora runs list | show | cancel | resume | metrics | delete``."""
+"""``python -m alphalora runs list | show | cancel | resume | metrics | compare | delete``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from alphalora import paths
+from alphalora.cli.compare_cmd import register_compare
 from alphalora.runs import jobs
 from alphalora.store.listing import run_summary_row
 from alphalora.store.records import STATUSES
@@ -18,6 +19,7 @@ LIST_SHOWN = (
     "name",
     "status",
     "method",
+    "allocation",
     "model",
     "task",
     "created_at",
@@ -62,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="only this split (train, eval, …)")
     p.add_argument("--csv", metavar="FILE", help="write all metrics to this CSV file")
     p.set_defaults(handler=cmd_metrics)
+
+    register_compare(actions)
 
     p = actions.add_parser("delete", help="forget a run and remove its files")
     p.add_argument("run_id", metavar="RUN_ID")
@@ -110,6 +114,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("status", run["status"]),
         ("error", run.get("error")),
         ("method", info.get("method")),
+        ("allocation", info.get("allocation")),
         ("model", info.get("model")),
         ("task", info.get("task")),
         ("created", run.get("created_at")),
