@@ -15,7 +15,7 @@ from alphalora.spectral.layer_scores import (
     fallback_layers,
     flagged_layers,
     layer_score_table,
-    layer_scores,
+    scores_from_table,
 )
 from ui import common as ui
 from ui.comparisons import LAYER_SCORE_LABELS
@@ -135,7 +135,7 @@ if ctx["analysis"] is not None:
     score_table = layer_score_table(ctx["analysis"].matrices, score, reliable_only)
     if score != "mean" or reliable_only:
         try:
-            alphas = layer_scores(ctx["analysis"].matrices, score, reliable_only)
+            alphas = scores_from_table(score_table)
         except AlphaLoRAError as exc:
             with chart:
                 st.error(str(exc))

@@ -10,6 +10,7 @@ and is marked ``fallback`` (never NaN into the allocator).
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,8 @@ def _trimmed(values: np.ndarray) -> float:
     return float(values.mean())
 
 
-def _block(matrices: Any) -> pd.DataFrame:
-    """The rows of ``matrices`` that belong to a layer, with numeric layer/alpha columns."""
+def _block(matrices: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(layer, alpha, reliable, kind) arrays of the rows of ``matrices`` that belong to a layer."""
     df = matrices if isinstance(matrices, pd.DataFrame) else pd.DataFrame(matrices)
     missing = [c for c in ("layer", "alpha") if c not in df.columns]
     if missing:
@@ -59,22 +60,21 @@ def _block(matrices: Any) -> pd.DataFrame:
             f"The analysis table lacks column(s) {missing}; expected an `analyze` output with "
             "one row per matrix (name, layer, kind, alpha, reliable)."
         )
-    layer = pd.to_numeric(df["layer"], errors="coerce")
-    block = df[layer.notna()].copy()
-    if block.empty:
+    layer = pd.to_numeric(df["layer"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    rows = np.isfinite(layer)
+    if not rows.any():
         raise AlphaLoRAError("The analysis table has no rows with a layer index.")
-    values = layer[layer.notna()].to_numpy(dtype=float)
-    if not np.all(np.equal(np.mod(values, 1), 0)):
+    layer = layer[rows]
+    if not np.all(np.equal(np.mod(layer, 1), 0)):
         raise AlphaLoRAError("The analysis table's layer column must hold whole numbers.")
-    block["layer"] = values.astype(np.int64)
-    block["alpha"] = pd.to_numeric(block["alpha"], errors="coerce").astype(float)
-    if "reliable" in block.columns:
-        block["reliable"] = block["reliable"].map(_truthy)
+    alpha = pd.to_numeric(df["alpha"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    if "reliable" in df.columns:
+        reliable = np.fromiter((_truthy(v) for v in df["reliable"]), bool, len(df))
     else:
-        block["reliable"] = True
-    if "kind" not in block.columns:
-        block["kind"] = block["name"] if "name" in block.columns else block.index.astype(str)
-    return block
+        reliable = np.ones(len(df), dtype=bool)
+    names = next((c for c in ("kind", "name") if c in df.columns), None)
+    kinds = df[names].astype(str).to_numpy() if names else np.arange(len(df)).astype(str)
+    return layer.astype(np.int64), alpha[rows], reliable[rows], kinds[rows]
 
 
 def _truthy(value: Any) -> bool:
@@ -94,62 +94,59 @@ def layer_score_table(
     it with a message. ``mean`` over every matrix equals the analysis' ``alpha_mean`` exactly.
     """
     method = check_layer_score(method)
-    block = _block(matrices)
-    finite = block[np.isfinite(block["alpha"])]
+    layer, alpha, reliable, kinds = _block(matrices)
+    finite = np.isfinite(alpha)
+    pool = finite & reliable if exclude_unreliable else finite.copy()
+    rows_of = {int(k): np.flatnonzero(layer == k) for k in np.unique(layer)}
+    fallback = {k for k, idx in rows_of.items() if not pool[idx].any() and finite[idx].any()}
+    for k in fallback:
+        pool[rows_of[k]] = finite[rows_of[k]]
+    # the mean exactly as the analysis' layer table computes it (pandas' grouped mean)
+    means = pd.Series(alpha[pool]).groupby(layer[pool]).mean()
     rows = []
-    for layer in sorted(block["layer"].unique()):
-        all_rows = block[block["layer"] == layer]
-        pool = finite[finite["layer"] == layer]
-        fallback = False
-        if exclude_unreliable:
-            reliable = pool[pool["reliable"]]
-            if reliable.empty and not pool.empty:
-                fallback = True
-            else:
-                pool = reliable
-        values = pool["alpha"].to_numpy(dtype=float)
-        used = pool
+    for k, idx in rows_of.items():
+        used = idx[pool[idx]]
+        values = alpha[used]
         if method == "trimmed" and values.size >= TRIM_MIN_MATRICES:
             order = np.argsort(values, kind="stable")
-            keep = np.sort(order[1:-1])
-            used = pool.iloc[keep]
+            used = np.sort(used[order[1:-1]])
         if values.size == 0:
             score = float("nan")
         elif method == "mean":
-            score = float(pool.groupby("layer")["alpha"].mean().iloc[0])  # as layer_table
+            score = float(means.loc[k])
         elif method == "median":
-            score = float(np.median(values))
+            score = float(statistics.median(values.tolist()))
         else:
             score = _trimmed(values)
-        left_out = all_rows.drop(index=used.index)
+        kept = set(used.tolist())
         driver = ""
-        if len(used):
-            far = int(np.argmax(np.abs(used["alpha"].to_numpy(dtype=float) - score)))
-            driver = f"{used['kind'].iloc[far]} {used['alpha'].iloc[far]:.2f}"
-        n_bad = int((~used["reliable"]).sum())
+        if used.size:
+            far = used[int(np.argmax(np.abs(alpha[used] - score)))]
+            driver = f"{kinds[far]} {alpha[far]:.2f}"
+        n_bad = int((~reliable[used]).sum())
         rows.append(
             {
-                "layer": int(layer),
+                "layer": k,
                 "score": score,
-                "n_matrices": len(all_rows),
-                "n_used": len(used),
+                "n_matrices": int(idx.size),
+                "n_used": int(used.size),
                 "n_unreliable_used": n_bad,
-                "fallback": fallback,
+                "fallback": k in fallback,
                 "flagged": bool(n_bad > 0 or values.size == 0),
                 "driver": driver,
-                "used": _listing(used),
-                "left_out": _listing(left_out),
+                "used": _listing(kinds, alpha, reliable, used),
+                "left_out": _listing(kinds, alpha, reliable, [i for i in idx if i not in kept]),
             }
         )
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def _listing(rows: pd.DataFrame) -> str:
+def _listing(kinds: np.ndarray, alpha: np.ndarray, reliable: np.ndarray, idx: Any) -> str:
     """``kind α`` per matrix, flagged fits marked with ``!``, for a table cell or a hover."""
     parts = []
-    for kind, alpha, ok in zip(rows["kind"], rows["alpha"], rows["reliable"], strict=True):
-        value = "nan" if not np.isfinite(alpha) else f"{alpha:.2f}"
-        parts.append(f"{kind} {value}{'' if ok else '!'}")
+    for i in idx:
+        value = "nan" if not np.isfinite(alpha[i]) else f"{alpha[i]:.2f}"
+        parts.append(f"{kinds[i]} {value}{'' if reliable[i] else '!'}")
     return ", ".join(parts)
 
 
@@ -160,7 +157,11 @@ def layer_scores(
 
     Refuses (with the layers named) a table with a missing layer or a layer with no finite α.
     """
-    table = layer_score_table(matrices, method, exclude_unreliable)
+    return scores_from_table(layer_score_table(matrices, method, exclude_unreliable))
+
+
+def scores_from_table(table: pd.DataFrame) -> list[float]:
+    """The scores of a :func:`layer_score_table`, checked: no missing layer, all finite."""
     layers = table["layer"].tolist()
     gaps = sorted(set(range(layers[0], layers[-1] + 1)) - set(layers))
     if gaps:
