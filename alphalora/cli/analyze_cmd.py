@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from alphalora.spectral.analysis import analyze, export_table
 from alphalora.spectral.analysis_types import FIT_MODES, AnalysisOptions
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_scores(matrices, method: str | None, exclude_unreliable: bool) -> str:
+def format_scores(matrices: Any, method: str | None, exclude_unreliable: bool) -> str:
     """The chosen layer scores beside the mean, and the layers that rest on flagged fits."""
     table = layer_score_table(matrices, method, exclude_unreliable)
     mean = layer_score_table(matrices, "mean", False).set_index("layer")["score"]

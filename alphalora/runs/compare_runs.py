@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,7 +20,7 @@ from alphalora.store.records import check_run_id
 from alphalora.store.run_store import RunStore
 
 
-def run_folder(run_id: str) -> Any:
+def run_folder(run_id: str) -> Path:
     """The folder of a run under the data directory."""
     return paths.data_dir() / "runs" / check_run_id(run_id)
 
