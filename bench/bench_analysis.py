@@ -3,11 +3,14 @@
 Both analyse the same weights (the embedded SmolLM2-135M, exported once to safetensors) in
 one process on the same machine. WeightWatcher gets the model already loaded in memory (its
 load time is not counted); ours streams from disk, cold cache. Both use the Clauset fit and
-WeightWatcher's 1/N eigenvalue convention so that the alphas are comparable. It also times
-LAPACK's eigvalsh alone on the precomputed Gram matrices: the floor of any float64 analysis on
-this CPU, hence the largest ratio over WeightWatcher that this machine allows.
+the same eigenvalue convention: WeightWatcher's default (``normalize=False``) takes the
+eigenvalues of WᵀW as they are, which is our ``--esd-scale none``. Besides alpha, the
+scale-dependent columns (λ_max, xmin, the norms) are compared, so a convention mismatch shows up
+(``--esd-scale N`` makes them N times smaller than WeightWatcher's). It also times LAPACK's
+eigvalsh alone on the precomputed Gram matrices: the floor of any float64 analysis on this CPU,
+hence the largest ratio over WeightWatcher that this machine allows.
 
-    .venv/bin/python bench/bench_analysis.py [--quick]
+    .venv/bin/python bench/bench_analysis.py [--quick] [--esd-scale none|N]
 """
 
 from __future__ import annotations
@@ -48,9 +51,50 @@ def _eigvalsh_floor(source, names: list[str]) -> float:
         return time.perf_counter() - start
 
 
+#: Columns compared with WeightWatcher's: alpha and D do not depend on the eigenvalue scale,
+#: the others do (λ_max and xmin linearly, the log10 norms by log10 N).
+COMPARED = ("alpha", "D", "xmin", "lambda_max", "log_spectral_norm", "log_norm")
+
+
+def compare_with_weightwatcher(
+    ours: pd.DataFrame, ww: pd.DataFrame, columns: tuple[str, ...] = COMPARED, rtol: float = 1e-6
+) -> dict:
+    """Per column present in both tables (matched on ``longname``): how many matrices agree to
+    ``rtol`` (relative; absolute for the log10 columns), the largest difference and the median
+    ratio WeightWatcher / ours (1 when the conventions agree, N for λ_max under ``--esd-scale
+    N``)."""
+    left = ours.assign(longname=ours["name"].str.removesuffix(".weight"))
+    merged = left.merge(ww, on="longname", suffixes=("", "_ww"))
+    report: dict = {"matrices_compared": int(len(merged))}
+    for col in columns:
+        if col not in ours.columns or col not in ww.columns:
+            continue
+        a = pd.to_numeric(merged[col], errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(merged[f"{col}_ww"], errors="coerce").to_numpy(dtype=float)
+        ok = np.isfinite(a) & np.isfinite(b)
+        a, b = a[ok], b[ok]
+        log_column = col.startswith("log_")
+        diff = np.abs(a - b) if log_column else np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.power(10.0, b - a) if log_column else b / a
+        report[col] = {
+            "equal": int(np.sum(diff < rtol)),
+            "of": int(a.size),
+            "max_difference": float(diff.max()) if a.size else None,
+            "median_ratio_ww_over_ours": float(np.median(ratio)) if a.size else None,
+        }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="first 6 layers only")
+    parser.add_argument(
+        "--esd-scale",
+        choices=("none", "N"),
+        default="none",
+        help="our eigenvalue convention (none = WeightWatcher's default; N shows the mismatch)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("ALPHALORA_HOME", tempfile.mkdtemp(prefix="alphalora-bench-"))
 
@@ -86,12 +130,14 @@ def main() -> None:
     if args.quick:
         infos = [i for i in source.matrices() if i.layer in keep]
         source.matrices = lambda include_non_block=False, _i=infos: _i  # analyse the same subset
-    opts = AnalysisOptions(fit="clauset", device="cpu", esd_scale="N")
+    opts = AnalysisOptions(fit="clauset", device="cpu", esd_scale=args.esd_scale)
     start = time.perf_counter()
     ours = analyze(source, opts, use_cache=False)
     t_ours = time.perf_counter() - start
 
-    opts32 = AnalysisOptions(fit="clauset", device="cpu", esd_scale="N", precision="float32")
+    opts32 = AnalysisOptions(
+        fit="clauset", device="cpu", esd_scale=args.esd_scale, precision="float32"
+    )
     start = time.perf_counter()
     ours32 = analyze(source, opts32, use_cache=False)
     t_ours32 = time.perf_counter() - start
@@ -106,8 +152,11 @@ def main() -> None:
     diff = (merged["alpha"] - merged["alpha_ww"]).abs()
     rel = diff / merged["alpha_ww"].abs()
     same = int((rel < 1e-6).sum())
+    agreement = compare_with_weightwatcher(ours.matrices, ww_df)
     report = {
         "model": "SmolLM2-135M-Instruct (embedded, dequantised Q4_1)",
+        "esd_scale": args.esd_scale,
+        "agreement": agreement,
         "matrices_ours": int(len(ours.matrices)),
         "matrices_weightwatcher": int(len(ww_df)),
         "matrices_compared": int(len(merged)),
@@ -132,8 +181,9 @@ def main() -> None:
         "than ceiling_ratio_float64 on this machine",
     }
     by_layer = merged.groupby("layer")[["alpha", "alpha_ww"]].mean()
+    scale = "WᵀW" if args.esd_scale == "none" else "WᵀW/N"
     print(
-        f"whole analysis, {report['matrices_compared']} matrices (clauset fit, eigenvalues of WᵀW/N)"
+        f"whole analysis, {report['matrices_compared']} matrices (clauset fit, eigenvalues of {scale})"
     )
     print(f"  AlphaLoRA Studio  {t_ours:8.2f} s  (streams from safetensors)")
     print(f"  WeightWatcher     {t_ww:8.2f} s  (model already in memory)")
@@ -144,6 +194,11 @@ def main() -> None:
           f"than {report['ceiling_ratio_float64']:.1f}x faster than WeightWatcher here")  # fmt: skip
     print(f"  alpha equal to 1e-6 relative: {same}/{len(merged)}; max |Δα| {report['alpha_max_abs_diff']:.3g}; "
           f"correlation {report['alpha_correlation']:.6f}")  # fmt: skip
+    for col in COMPARED:
+        if col in agreement:
+            a = agreement[col]
+            print(f"  {col:<18} equal to 1e-6: {a['equal']}/{a['of']}; max difference "
+                  f"{a['max_difference']:.3g}; WeightWatcher / ours {a['median_ratio_ww_over_ours']:.6g}")  # fmt: skip
     print("\nlayer-mean alpha, side by side")
     print(
         pd.DataFrame({"ours": by_layer["alpha"], "weightwatcher": by_layer["alpha_ww"]})
@@ -151,7 +206,8 @@ def main() -> None:
         .to_string()
     )
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("analysis_quick.json" if args.quick else "analysis.json")
+    suffix = ("_quick" if args.quick else "") + ("" if args.esd_scale == "none" else "_N")
+    out = RESULTS / f"analysis{suffix}.json"
     report["layer_alpha"] = {
         int(k): [float(v["alpha"]), float(v["alpha_ww"])] for k, v in by_layer.iterrows()
     }

@@ -91,6 +91,26 @@ def _curves(store: RunStore, run_id: str) -> dict[str, Any]:
     }
 
 
+def _uncertainty(run_id: str, reference_id: str) -> dict[str, Any]:
+    """Wilson 95 % interval of the run's final accuracy and the paired test against the
+    reference run (the same held-out examples)."""
+    from alphalora.runs.compare_runs import compare_runs
+
+    paired = compare_runs(run_id, reference_id)
+    low, high = paired.interval_a
+    return {
+        "accuracy_after_ci95": [low, high],
+        "vs_reference": {
+            "difference": paired.difference,
+            "difference_ci95": [paired.diff_low, paired.diff_high],
+            "only_this_right": paired.only_a,
+            "only_reference_right": paired.only_b,
+            "mcnemar_p": paired.p_value,
+            "within_noise": paired.within_noise,
+        },
+    }
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -153,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         entry["ratio_params_vs_uniform"] = entry["params_trainable"] / reference["params_trainable"]
         entry["accuracy_gain"] = entry["accuracy_after"] - entry["accuracy_before"]
+        entry.update(_uncertainty(entry["run_id"], reference["run_id"]))
     document = {
         "benchmark": "finetune",
         "device": tag,
@@ -189,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     for name, r in results.items():
         print(f"  {name}: experts {r['experts']}")
+    for name, r in results.items():
+        low, high = r["accuracy_after_ci95"]
+        vs = r["vs_reference"]
+        print(f"  {name}: accuracy {r['accuracy_after']:.3f} [95% CI {low:.3f}, {high:.3f}]; "
+              f"vs reference {vs['difference']:+.3f} [{vs['difference_ci95'][0]:+.3f}, "
+              f"{vs['difference_ci95'][1]:+.3f}], McNemar p = {vs['mcnemar_p']:.3g}"
+              + (" (within noise)" if vs["within_noise"] else ""))  # fmt: skip
     print(f"\nresults written to {out}")
     return 0
 

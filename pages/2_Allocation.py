@@ -5,11 +5,21 @@ from __future__ import annotations
 import streamlit as st
 
 from alphalora.allocation.checks import budget_range
+from alphalora.allocation.labels import with_layer_score
 from alphalora.allocation.model import Allocation
 from alphalora.allocation.softmax_rules import beta_to_temperature, temperature_to_beta
 from alphalora.errors import AlphaLoRAError
 from alphalora.plots.allocation import allocation_figure
+from alphalora.spectral.layer_scores import (
+    LAYER_SCORES,
+    describe_layer_score,
+    fallback_layers,
+    flagged_layers,
+    layer_score_table,
+    scores_from_table,
+)
 from ui import common as ui
+from ui.comparisons import LAYER_SCORE_LABELS
 from ui.state import (
     ALLOCATION_MODES,
     MODE_DEFAULT,
@@ -49,6 +59,8 @@ WIDGETS = {
     "alloc_min": 1,
     "alloc_max": 0,
     "alloc_shape": "8642",
+    "alloc_score": "mean",
+    "alloc_reliable": False,
 }
 model_key = ctx["choice"].key()
 if st.session_state.get("alloc_model_key") != model_key:  # new model: fresh defaults
@@ -104,11 +116,32 @@ with controls:
     min_experts = b1.number_input("Min per layer", 1, 16, key="alloc_min")
     max_experts = b2.number_input("Max per layer (0 = none)", 0, 64, key="alloc_max")
     shape = st.selectbox("MoLA shape (compared; used in MoLA mode)", MOLA_SHAPES, key="alloc_shape")
+    score, reliable_only = "mean", False
+    if ctx["analysis"] is not None:
+        score = st.selectbox("Layer score", LAYER_SCORES, key="alloc_score",
+                             format_func=LAYER_SCORE_LABELS.get,
+                             help="How a layer's α is made from its matrices. Mean is AlphaLoRA's "
+                             "(and the paper's); median and trimmed mean resist one outlying "
+                             "fit.")  # fmt: skip
+        reliable_only = st.checkbox("Reliable fits only", key="alloc_reliable",
+                                    help="Leave flagged fits (short tail, α out of range, poor "
+                                    "KS distance) out of the layer scores.")  # fmt: skip
     st.button("Paper defaults (T = 5 per layer, β = 2.5)", on_click=_paper_defaults,
               help="T = 160 for 32 layers (Llama-2-7B), 5 experts per layer otherwise; β = 2.5.")  # fmt: skip
     uploaded = st.file_uploader("Import an allocation (JSON)", type=["json"], key="alloc_import")
 
 st.session_state["alloc_saved"] = {k: st.session_state[k] for k in WIDGETS}
+
+score_table = None
+if ctx["analysis"] is not None:
+    score_table = layer_score_table(ctx["analysis"].matrices, score, reliable_only)
+    if score != "mean" or reliable_only:
+        try:
+            alphas = scores_from_table(score_table)
+        except AlphaLoRAError as exc:
+            with chart:
+                st.error(str(exc))
+            st.stop()
 
 current: Allocation | None = None
 imported = False
@@ -127,6 +160,8 @@ if current is None:
             mode, alphas, int(budget), float(beta), min_experts=int(min_experts),
             max_experts=int(max_experts) or None, shape=shape,
         )  # fmt: skip
+        if current.alphas is not None:
+            current = with_layer_score(current, score, reliable_only)
     except AlphaLoRAError as exc:
         with chart:
             st.error(str(exc))
@@ -154,10 +189,24 @@ with chart:
         comparisons={k: v.experts for k, v in comparisons.items()},
         alphas=alphas,
         title=f"Experts per layer — {current.label or current.method}",
+        alpha_title=f"layer score: {describe_layer_score(score, reliable_only)}",
     )
     ui.plot(fig, key="alloc_chart")
     for warning in current.warnings:
         st.warning(warning)
+    if score_table is not None:
+        flagged, fallback = flagged_layers(score_table), fallback_layers(score_table)
+        if fallback:
+            st.warning(f"Layer(s) {fallback} have no reliable fit: their score falls back to "
+                       "their flagged fits.")  # fmt: skip
+        elif flagged:
+            st.warning(f"The score of layer(s) {flagged} rests on flagged fits (see the table "
+                       "below); tick 'Reliable fits only' to leave them out.")  # fmt: skip
+        with st.expander("Which matrices drive each layer's score"):
+            st.caption("`driver`: the matrix farthest from the layer's score; `left out`: "
+                       "trimmed or flagged fits not used; `!` marks a flagged fit.")  # fmt: skip
+            st.dataframe(score_table.drop(columns=["n_matrices"]), hide_index=True,
+                         width="stretch", key="alloc_scores")  # fmt: skip
     everything = {f"Current: {current.label or current.method}": current, **comparisons}
     if ctx["module_shapes"]:
         params = parameters_table(everything, ctx["module_shapes"])
@@ -180,6 +229,11 @@ with chart:
         ui.csv_download("Experts per layer (CSV)", table, "allocation.csv", "alloc_csv")
     with e3:
         if st.button("Use for fine-tune", type="primary", key="alloc_use"):
-            st.session_state[ui.ALLOCATION_KEY] = current.to_dict()
+            st.session_state[ui.ALLOCATION_KEY] = {
+                **current.to_dict(),
+                "layer_score": score if current.alphas is not None else None,
+                "exclude_unreliable": bool(reliable_only and current.alphas is not None),
+                "shape": shape if mode == MODE_MOLA and not imported else None,
+            }
             st.success(f"Stored for the Fine-tune page: {current.label or current.method} "
                        f"({current.total} experts).")  # fmt: skip

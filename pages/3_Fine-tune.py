@@ -7,6 +7,7 @@ import re
 
 import streamlit as st
 
+from alphalora.allocation.labels import allocation_label
 from alphalora.allocation.softmax_rules import alphalora_allocation
 from alphalora.errors import AlphaLoRAError
 from alphalora.finetune.config import DEVICES, load_config
@@ -16,10 +17,12 @@ from alphalora.finetune.tasks.shipped import ROTTEN_TOMATOES
 from alphalora.paths import atomic_write_bytes, subdir
 from alphalora.plots.runs import metric_curves_figure, router_load_figure
 from alphalora.runs import jobs
+from alphalora.runs.seeds import MAX_SEEDS, start_seeded_runs
 from alphalora.store.records import ACTIVE_STATUSES
 from alphalora.store.run_store import RunStore
 from ui import common as ui
-from ui.state import MOLA_SHAPES, allocation_spec, check_layers, latest_router_load
+from ui.comparisons import equal_parameter_plan, module_names_from_matrices, training_spec
+from ui.state import MOLA_SHAPES, check_layers, latest_router_load
 
 ui.page_setup("Fine-tune", ":material/rocket_launch:")
 st.title("Fine-tune")
@@ -134,8 +137,27 @@ CURRENT = f"Current: {current.label or current.method} ({current.total} experts)
 UNIFORM = f"Uniform ({current.total} experts)"
 MOLA = f"MoLA {shape} ({current.total} experts)"
 LORA = "Plain LoRA (no experts, baseline)"
-picked = st.multiselect("Runs to launch", [CURRENT, UNIFORM, MOLA, LORA], default=[CURRENT],
-                        key="ft_allocs")  # fmt: skip
+RANKS = "LoRA with ranks by α (same parameters as Current)"
+UNIFORM_LORA = "LoRA with a uniform rank (same parameters as Current)"
+offered = [CURRENT, UNIFORM, MOLA, LORA]
+if ctx["module_shapes"]:  # equal-parameter baselines need the adapted modules' sizes
+    offered += [RANKS, UNIFORM_LORA]
+picked = st.multiselect("Runs to launch", offered, default=[CURRENT], key="ft_allocs")
+plan = None
+if {RANKS, UNIFORM_LORA} & set(picked):
+    try:
+        plan = equal_parameter_plan(
+            current, current.alphas or ctx["alphas"], ctx["module_shapes"],
+            module_names_from_matrices(
+                None if ctx["analysis"] is None else ctx["analysis"].matrices, n_layers
+            ),
+        )  # fmt: skip
+        st.caption(plan.note())
+    except AlphaLoRAError as exc:
+        st.error(str(exc))
+n_seeds = st.number_input("Seeds per allocation", 1, MAX_SEEDS, value=1, key="ft_seeds",
+                          help="Each allocation is trained once per seed (seeds 0, 1, …); the "
+                          "Runs page then shows the mean over seeds with its 95% interval.")  # fmt: skip
 
 # --------------------------------------------------------------------------- settings
 st.subheader("3 · Training settings")
@@ -181,9 +203,9 @@ def _configs() -> list[tuple[str, dict, dict | None]]:
         if choice == CURRENT:
             if model_ref.strip() == default_model:
                 check_layers(current, n_layers, ctx["label"])
-            spec, store_alloc, name = allocation_spec(current), current.to_dict(), "alphalora"
-            allocation = {"experts": spec["experts"], "top_k": spec["top_k"]}
-            method = "moe-lora"
+            stored = st.session_state.get(ui.ALLOCATION_KEY)
+            allocation, name, method = training_spec(current, stored), "alphalora", "moe-lora"
+            store_alloc = {**current.to_dict(), **allocation}
         elif choice == UNIFORM:
             allocation, method, name = (
                 {"method": "uniform", "budget": current.total},
@@ -194,6 +216,17 @@ def _configs() -> list[tuple[str, dict, dict | None]]:
         elif choice == MOLA:
             allocation = {"method": "mola", "shape": shape, "budget": current.total}
             method, name, store_alloc = "moe-lora", f"mola-{shape}", {**allocation, "label": choice}
+        elif choice in (RANKS, UNIFORM_LORA):
+            if plan is None:
+                raise AlphaLoRAError("The equal-parameter LoRA baselines could not be sized.")
+            ranked = choice == RANKS
+            label = plan.ranks.label if ranked else f"LoRA r={plan.uniform_rank} (uniform)"
+            store_alloc = {"method": "lora", "label": label}
+            extra = {"lora_config": plan.lora_config} if ranked else {"rank": plan.uniform_rank}
+            name = "lora-ranks" if ranked else f"lora-r{plan.uniform_rank}"
+            config = base.replace(**common, name=name, method="lora", allocation=None, **extra)
+            out.append((name, config.to_dict(), store_alloc))
+            continue
         else:
             allocation, method, name, store_alloc = (
                 None,
@@ -208,9 +241,7 @@ def _configs() -> list[tuple[str, dict, dict | None]]:
 
 if st.button("Launch", type="primary", key="ft_launch"):
     try:
-        launched = [jobs.start_run(cfg, name=name, allocation=alloc,
-                                   num_processes=int(processes))
-                    for name, cfg, alloc in _configs()]  # fmt: skip
+        launched = start_seeded_runs(_configs(), int(n_seeds), num_processes=int(processes))
     except AlphaLoRAError as exc:
         st.error(str(exc))
     else:
@@ -260,6 +291,7 @@ def _render(run_ids: list[str]) -> bool:
         step = int(done.max()) if len(done) else 0
         c1, c2, c3 = st.columns([3, 4, 1])
         c1.markdown(f"**{labels[rid]}** · `{status}`")
+        c1.caption(allocation_label(run.get("allocation"), (run.get("config") or {}).get("method")))
         c2.progress(min(step / steps_total, 1.0), text=f"step {step}/{steps_total}")
         if active and c3.button("Cancel", key=f"cancel_{rid}"):
             st.toast(jobs.cancel_run(rid, store=store, timeout=10))

@@ -7,11 +7,15 @@ from pathlib import Path
 import streamlit as st
 
 from alphalora.errors import AlphaLoRAError
+from alphalora.plots.compare import seed_curve_figure, seed_group_figure
 from alphalora.plots.runs import metric_curves_figure, run_comparison_figure
 from alphalora.runs import jobs
+from alphalora.runs.compare_runs import interval_table, pairwise_table
+from alphalora.runs.seeds import seed_curves, seed_groups
 from alphalora.store.records import ACTIVE_STATUSES, STATUSES
 from alphalora.store.run_store import RunStore
 from ui import common as ui
+from ui.comparisons import add_intervals, pair_messages
 from ui.state import runs_comparison_table
 
 ui.page_setup("Runs", ":material/history:")
@@ -56,7 +60,7 @@ if not selected:
     st.stop()
 
 runs = [store.get_run(r) for r in selected]
-table = runs_comparison_table(runs)
+table = add_intervals(runs_comparison_table(runs), interval_table(runs))
 short = {r["run_id"]: f"{r.get('name') or 'run'} {r['run_id'][-4:]}" for r in runs}
 table["label"] = [short[r] for r in table["run_id"]]
 
@@ -82,6 +86,27 @@ with c4:
             key="runs_eval_loss")  # fmt: skip
 ui.csv_download("Download these metrics (CSV)", metrics.drop(columns=["router_load"],
                 errors="ignore"), "runs-metrics.csv", "runs_metrics_csv")  # fmt: skip
+
+st.subheader("Is the difference real?")
+st.caption("Bars show each accuracy's 95% Wilson interval. Runs scored on the same held-out "
+           "examples are compared example by example (McNemar's exact test; the difference's "
+           "interval is a paired bootstrap). p ≥ 0.05 means the difference is within noise.")  # fmt: skip
+done = [r for r in runs if r["status"] == "completed"]
+if len(done) > 1:
+    pairs = pairwise_table(done)
+    for kind, message in pair_messages(pairs):
+        (st.success if kind == "success" else st.info)(message)
+    with st.expander("Paired tests (table)"):
+        st.dataframe(pairs, hide_index=True, width="stretch", key="runs_pairs")
+groups = seed_groups(runs)
+if not groups.empty and int(groups["n_seeds"].max()) > 1:
+    st.caption("Runs launched with several seeds: mean over seeds with its 95% interval "
+               "(Student t).")  # fmt: skip
+    s1, s2 = st.columns(2)
+    with s1:
+        ui.plot(seed_group_figure(groups), key="runs_seed_groups")
+    with s2:
+        ui.plot(seed_curve_figure(seed_curves(metrics, groups, "accuracy")), key="runs_seed_curve")
 
 st.subheader("Adapters and actions")
 for run in runs:

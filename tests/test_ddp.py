@@ -171,6 +171,35 @@ def test_two_processes_make_one_run_that_a_single_process_confirms(straight, mon
     assert after["eval_loss"] != pytest.approx(before["eval_loss"], rel=1e-3)  # it trained
 
 
+@pytest.mark.slow
+def test_sharded_evaluations_gather_every_examples_prediction(straight, monkeypatch):
+    """Each process scores its own shard; the main process stores all examples' predictions,
+    in order, equal to a single-process evaluation of the saved adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alphalora.finetune.moe import load_adapter
+    from alphalora.finetune.predictions import example_key, load_predictions, prediction_steps
+    from alphalora.finetune.scoring import evaluate_counts
+    from alphalora.finetune.tasks.load import load_task
+
+    monkeypatch.setenv("ALPHALORA_HOME", str(straight["home"]))
+    (run,) = RunStore().runs()
+    folder = run_dir(run["run_id"])
+    assert prediction_steps(folder) == [0, 12, 24]
+    final = load_predictions(folder)
+    cfg = straight["config"]
+    examples = load_task(cfg["task"]).eval[:EVAL_EXAMPLES]
+    assert final["index"] == list(range(EVAL_EXAMPLES))
+    assert final["key"] == [example_key(ex) for ex in examples]
+    assert sum(final["correct"]) == round(run["summary"]["accuracy_after"] * EVAL_EXAMPLES)
+    model = AutoModelForCausalLM.from_pretrained(cfg["model"])
+    load_adapter(model, run["adapter_path"])
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
+    single = evaluate_counts(model, tokenizer, examples, max_length=32)
+    assert final["predicted"] == [p for _, p, _ in single.predictions]
+    assert final["correct"] == [ok for _, _, ok in single.predictions]
+
+
 def _wait(predicate, what: str, run_id: str, timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

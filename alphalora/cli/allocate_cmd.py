@@ -12,12 +12,17 @@ from typing import Any
 
 from alphalora.allocation.allocate import EXPERTS_PER_LAYER, allocate
 from alphalora.allocation.checks import MAX_TOTAL_EXPERTS
+from alphalora.allocation.labels import with_layer_score
 from alphalora.allocation.layer_alphas import layer_alphas_from_table
 from alphalora.allocation.model import Allocation
 from alphalora.allocation.params import module_shapes_from_config, trainable_parameters
 from alphalora.allocation.softmax_rules import beta_to_temperature
+from alphalora.cli.allocate_ranks import add_rank_arguments, run_ranks
 from alphalora.errors import AlphaLoRAError
 from alphalora.paths import atomic_write_text, check_output_file
+from alphalora.spectral.layer_scores import LAYER_SCORES
+
+ScoreChoice = tuple[str, bool] | None
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 _NUMBER_SPLIT = re.compile(r"[,\s;]+")
@@ -78,6 +83,20 @@ def register(subparsers: Any) -> None:
         metavar="CONFIG.json",
         help="a model config.json (Llama-style) to count trainable parameters",
     )
+    p.add_argument(
+        "--layer-score",
+        choices=LAYER_SCORES,
+        help="how a layer's alpha is made from its matrices (needs an `analyze` per-matrix "
+        "table): mean (AlphaLoRA, default), median, or trimmed (without each layer's largest "
+        "and smallest α when it has ≥ 5 matrices)",
+    )
+    p.add_argument(
+        "--exclude-unreliable",
+        action="store_true",
+        help="score layers on their reliable fits only (needs a per-matrix table; a layer with "
+        "none falls back to all its fits and is flagged)",
+    )
+    add_rank_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", metavar="FILE.json", help="also save the allocation as JSON")
     p.set_defaults(handler=run)
@@ -102,14 +121,19 @@ def _parse_numbers(text: str, where: str) -> list[float]:
     return values
 
 
-def _alphas_from_frame(df: Any, where: str) -> list[float]:
+def _alphas_from_frame(df: Any, where: str, score: ScoreChoice = None) -> list[float]:
     cols = {str(c).lower(): c for c in df.columns}
-    if "alpha" not in cols and "alpha_mean" in cols and "layer" in cols:  # a per-layer table
-        cols["alpha"] = cols.pop("alpha_mean")
+    if "alpha" not in cols and "layer" in cols:  # a per-layer table (analyze --layers-out)
+        column = cols.get("layer_score") or cols.get("alpha_mean")
+        if column is not None:
+            _per_matrix_only(score, where)
+            cols["alpha"] = column
     if "alpha" in cols and "layer" in cols:
+        method, exclude = score or (None, False)
         return layer_alphas_from_table(
-            df.rename(columns={cols["alpha"]: "alpha", cols["layer"]: "layer"})
+            df.rename(columns={cols["alpha"]: "alpha", cols["layer"]: "layer"}), method, exclude
         )
+    _per_matrix_only(score, where)
     if "alpha" in cols:
         return [float(v) for v in df[cols["alpha"]].tolist()]
     if df.shape[1] == 1:
@@ -120,24 +144,35 @@ def _alphas_from_frame(df: Any, where: str) -> list[float]:
     )
 
 
-def _alphas_from_json(data: Any, where: str) -> list[float]:
+def _per_matrix_only(score: ScoreChoice, where: str) -> None:
+    """Refuse --layer-score/--exclude-unreliable for inputs that are already layer alphas."""
+    if score is not None:
+        raise AlphaLoRAError(
+            f"--layer-score and --exclude-unreliable need the per-matrix table of an analysis "
+            f"(`python -m alphalora analyze MODEL --out matrices.csv`); {where} holds layer "
+            "alphas already."
+        )
+
+
+def _alphas_from_json(data: Any, where: str, score: ScoreChoice = None) -> list[float]:
     import pandas as pd
 
     if isinstance(data, list) and all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in data
     ):
+        _per_matrix_only(score, where)
         return [float(v) for v in data]
     if isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
-        return _alphas_from_frame(pd.DataFrame(data), where)
+        return _alphas_from_frame(pd.DataFrame(data), where, score)
     if isinstance(data, dict):
         if "alphas" in data and isinstance(data["alphas"], list):
-            return _alphas_from_json(data["alphas"], where)
+            return _alphas_from_json(data["alphas"], where, score)
         for key in ("matrices", "rows", "records", "data", "table"):
             if isinstance(data.get(key), list):
-                return _alphas_from_json(data[key], where)
+                return _alphas_from_json(data[key], where, score)
         if "alpha" in data:
             try:
-                return _alphas_from_frame(pd.DataFrame(data), where)
+                return _alphas_from_frame(pd.DataFrame(data), where, score)
             except ValueError as exc:
                 raise AlphaLoRAError(f"{where} could not be read as a table: {exc}.") from exc
     raise AlphaLoRAError(
@@ -145,8 +180,9 @@ def _alphas_from_json(data: Any, where: str) -> list[float]:
     )
 
 
-def read_alphas(spec: str) -> list[float]:
-    """Layer alphas from a comma list or a file (analyze table or a list of numbers)."""
+def read_alphas(spec: str, score: ScoreChoice = None) -> list[float]:
+    """Layer alphas from a comma list or a file (analyze table or a list of numbers); ``score``
+    (layer score, exclude unreliable) applies to a per-matrix analyze table only."""
     path = Path(spec).expanduser()
     if not path.is_file():
         looks_like_path = any(ch in spec for ch in "/\\") or bool(
@@ -154,6 +190,7 @@ def read_alphas(spec: str) -> list[float]:
         )
         if looks_like_path:
             raise AlphaLoRAError(f"Alpha file {spec!r} not found.")
+        _per_matrix_only(score, "--alphas")
         return _parse_numbers(spec, "--alphas")
     where = str(path)
     suffix = path.suffix.lower()
@@ -162,7 +199,7 @@ def read_alphas(spec: str) -> list[float]:
             import pandas as pd
 
             df = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-            return _alphas_from_frame(df, where)
+            return _alphas_from_frame(df, where, score)
         text = path.read_text(encoding="utf-8")
     except AlphaLoRAError:
         raise
@@ -173,7 +210,8 @@ def read_alphas(spec: str) -> list[float]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise AlphaLoRAError(f"{where} is not valid JSON: {exc}.") from exc
-        return _alphas_from_json(data, where)
+        return _alphas_from_json(data, where, score)
+    _per_matrix_only(score, where)
     return _parse_numbers(text, where)
 
 
@@ -200,11 +238,14 @@ def _build(args: argparse.Namespace) -> tuple[Allocation, dict | None]:
     alphas: list[float] | None = None
     shapes = None
     preset_budget = None
+    score = _score_choice(args)
+    if score is not None and not args.alphas:
+        _per_matrix_only(score, "--preset" if args.preset else "this input")
     if args.preset:
         preset = get_preset(args.preset)
         alphas, shapes, preset_budget = preset["alphas"], preset["module_shapes"], preset["budget"]
     elif args.alphas:
-        alphas = read_alphas(args.alphas)
+        alphas = read_alphas(args.alphas, score)
     if args.config:
         shapes = _read_config_shapes(args.config)
 
@@ -221,7 +262,16 @@ def _build(args: argparse.Namespace) -> tuple[Allocation, dict | None]:
         top_k=args.top_k,
         min_at_least_top_k=args.min_at_least_top_k,
     )
+    if score is not None and not args.shape:
+        result = with_layer_score(result, *score)
     return result, shapes
+
+
+def _score_choice(args: argparse.Namespace) -> ScoreChoice:
+    """(layer score, exclude unreliable) when either option was given, else None."""
+    if args.layer_score is None and not args.exclude_unreliable:
+        return None
+    return args.layer_score or "mean", bool(args.exclude_unreliable)
 
 
 # --------------------------------------------------------------------------- printing
@@ -253,22 +303,35 @@ def format_table(result: Allocation, params: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def _write(path: str, text: str) -> None:
+    target = Path(path).expanduser()
+    try:
+        atomic_write_text(target, text)
+    except OSError as exc:
+        raise AlphaLoRAError(f"Cannot write {target}: {exc.strerror or exc}.") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler: build, print (table or JSON), optionally save."""
     if args.out:
         check_output_file(args.out, what="allocation file")
+    if args.as_ == "peft-ranks":
+        return run_ranks(args, read_alphas, _score_choice(args), _read_config_shapes, _write)
     result, shapes = _build(args)
     params = None
     if shapes:
         params = trainable_parameters(result, shapes, rank=args.rank)
+    score = _score_choice(args)
     if args.out:
-        target = Path(args.out).expanduser()
-        try:
-            atomic_write_text(target, result.to_json())
-        except OSError as exc:
-            raise AlphaLoRAError(f"Cannot write {target}: {exc.strerror or exc}.") from exc
+        text = result.to_json()
+        if score is not None and not args.shape:
+            data = {**result.to_dict(), "layer_score": score[0], "exclude_unreliable": score[1]}
+            text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        _write(args.out, text)
     if args.json:
         payload = result.to_dict()
+        if score is not None and not args.shape:
+            payload.update(layer_score=score[0], exclude_unreliable=score[1])
         if params is not None:
             payload["trainable_parameters"] = params
         print(json.dumps(payload, ensure_ascii=False))

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from alphalora.cli.terminal import clean
 from alphalora.paths import check_output_file
 from alphalora.spectral.analysis import TABLE_SUFFIXES, analyze, export_table
 from alphalora.spectral.analysis_types import FIT_MODES, AnalysisOptions
+from alphalora.spectral.layer_scores import (
+    LAYER_SCORES,
+    describe_layer_score,
+    fallback_layers,
+    layer_score_table,
+    layers_with_score,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log10-quirk", action="store_true",
                    help="hill-peak: reproduce AlphaLoRA's log10 lower bound on xmin exactly")  # fmt: skip
     p.add_argument("--esd-scale", choices=("none", "N"), default="none",
-                   help="eigenvalues of WᵀW as is (AlphaLoRA) or divided by N (WeightWatcher)")  # fmt: skip
+                   help="none: eigenvalues of WᵀW as they are (AlphaLoRA's and WeightWatcher's "
+                   "default); N: divided by N = max(rows, cols), i.e. WeightWatcher with "
+                   "normalize=True. Alpha is the same either way")  # fmt: skip
+    p.add_argument("--layer-score", choices=LAYER_SCORES, default=None,
+                   help="layer score added to --layers-out and the table: mean (AlphaLoRA, the "
+                   "default), median, or trimmed (drops each layer's largest and smallest α "
+                   "when it has ≥ 5 matrices)")  # fmt: skip
+    p.add_argument("--exclude-unreliable", action="store_true",
+                   help="score layers on their reliable fits only (a layer with none falls back "
+                   "to all its fits and is flagged)")  # fmt: skip
     p.add_argument("--all-matrices", action="store_true",
                    help="also analyse embeddings and lm_head (they never enter a layer score)")  # fmt: skip
     p.add_argument(
@@ -86,11 +103,30 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     print(format_report(result))
+    layers = layers_with_score(
+        result.layers, result.matrices, args.layer_score, args.exclude_unreliable
+    )
+    if args.layer_score not in (None, "mean") or args.exclude_unreliable:
+        print(format_scores(result.matrices, args.layer_score, args.exclude_unreliable))
     if args.out:
         print(f"per-matrix table written to {export_table(result.matrices, args.out)}")
     if args.layers_out:
-        print(f"per-layer table written to {export_table(result.layers, args.layers_out)}")
+        print(f"per-layer table written to {export_table(layers, args.layers_out)}")
     return 0
+
+
+def format_scores(matrices: Any, method: str | None, exclude_unreliable: bool) -> str:
+    """The chosen layer scores beside the mean, and the layers that rest on flagged fits."""
+    table = layer_score_table(matrices, method, exclude_unreliable)
+    mean = layer_score_table(matrices, "mean", False).set_index("layer")["score"]
+    lines = ["", f"layer score: {describe_layer_score(method, exclude_unreliable)}"]
+    lines.append(f"{'layer':>5} {'score':>6} {'mean':>6}  left out")
+    for row in table.itertuples():
+        lines.append(f"{row.layer:5d} {row.score:6.2f} {mean[row.layer]:6.2f}  {row.left_out}")
+    fallback = fallback_layers(table)
+    if fallback:
+        lines.append(f"layer(s) {fallback} have no reliable fit: their score uses flagged fits")
+    return "\n".join(lines)
 
 
 def format_report(result) -> str:

@@ -1,4 +1,4 @@
-"""``python -m alphalora runs list | show | cancel | resume | metrics | delete | recover``.
+"""``python -m alphalora runs list | show | cancel | resume | metrics | compare | delete | recover``.
 
 Every text that comes from the store (names, errors, configs, log lines) goes through
 :func:`~alphalora.cli.terminal.clean` before it reaches the terminal."""
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alphalora import paths
+from alphalora.cli.compare_cmd import register_compare
 from alphalora.cli.terminal import clean, clean_log_line
 from alphalora.errors import AlphaLoRAError
 from alphalora.runs import jobs
@@ -25,6 +26,7 @@ LIST_SHOWN = (
     "name",
     "status",
     "method",
+    "allocation",
     "model",
     "task",
     "created_at",
@@ -69,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="only this split (train, eval, …)")
     p.add_argument("--csv", metavar="FILE", help="write all metrics to this CSV file")
     p.set_defaults(handler=cmd_metrics)
+
+    register_compare(actions)
 
     p = actions.add_parser("delete", help="forget a run and remove its files")
     p.add_argument("run_id", metavar="RUN_ID")
@@ -155,6 +159,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("status", run["status"]),
         ("error", run.get("error")),
         ("method", info.get("method")),
+        ("allocation", info.get("allocation")),
         ("model", info.get("model")),
         ("task", info.get("task")),
         ("created", run.get("created_at")),

@@ -18,6 +18,7 @@ from typing import Any
 
 from alphalora.allocation.checks import MAX_TOTAL_EXPERTS
 from alphalora.errors import AlphaLoRAError
+from alphalora.finetune.lora_ranks import check_provenance
 
 METHODS = ("moe-lora", "lora")
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,6 +35,8 @@ ALLOCATION_SPEC_KEYS = {
     "top_k",
     "fit",
     "experts_per_layer",
+    "layer_score",
+    "exclude_unreliable",
 }
 EXPLICIT_KEYS = {"experts", "top_k"}
 DEFAULT_EXPERTS_PER_LAYER = 5  # the papers' 160 experts over 32 layers
@@ -62,6 +65,7 @@ class TrainConfig:
     scoring: str = "auto"
     method: str = "moe-lora"
     allocation: dict[str, Any] | None = None
+    lora_config: dict[str, Any] | str | None = None
     rank: int = 8
     lora_alpha: float = 16.0
     dropout: float = 0.05
@@ -148,6 +152,15 @@ class TrainConfig:
                     f"null for all projections; got {self.targets!r}."
                 )
             self.targets = list(self.targets)
+        if self.lora_config is not None:
+            from alphalora.finetune.lora_ranks import check_lora_config
+
+            if self.method != "lora":
+                raise AlphaLoRAError(
+                    "lora_config (per-module LoRA ranks) applies to method 'lora' only; MoE-LoRA "
+                    "takes an expert allocation instead."
+                )
+            self.lora_config = check_lora_config(self.lora_config)
         if not isinstance(self.extra, dict):
             raise AlphaLoRAError("extra must be a JSON object (free-form notes).")
         self._check_allocation()
@@ -206,6 +219,7 @@ class TrainConfig:
                     f"allocation.top_k must be a whole number or a list (one per layer); got "
                     f"{top_k!r}."
                 )
+            check_provenance(spec)
             return
         method = spec.get("method")
         if method not in ALLOCATION_METHODS:
@@ -236,6 +250,7 @@ class TrainConfig:
         beta = spec.get("beta")
         if beta is not None and (not _is_number(beta) or not math.isfinite(beta) or beta < 0):
             raise AlphaLoRAError(f"allocation.beta must be a number ≥ 0; got {beta!r}.")
+        check_provenance(spec)
         if method == "mola" and not isinstance(spec.get("shape"), str):
             raise AlphaLoRAError(
                 'allocation method "mola" needs a "shape" such as "2468" or "diamond".'

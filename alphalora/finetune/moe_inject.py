@@ -306,10 +306,12 @@ def make_peft_lora(
     lora_alpha: float = 16,
     dropout: float = 0.05,
     rank_pattern: Mapping[str, int] | None = None,
+    alpha_pattern: Mapping[str, float] | None = None,
 ) -> nn.Module:
     """Plain-LoRA baseline: ``peft.get_peft_model`` on the same target modules.
 
-    ``rank_pattern`` (peft's regex → rank mapping) gives layers different ranks, e.g. r·N_j.
+    ``rank_pattern`` (peft's regex → rank mapping) gives layers different ranks, e.g. r·N_j;
+    ``alpha_pattern`` their lora_alpha.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -323,6 +325,7 @@ def make_peft_lora(
         bias="none",
         task_type=_task_type(model),
         rank_pattern=dict(rank_pattern or {}),
+        alpha_pattern=dict(alpha_pattern or {}),
     )
     try:
         return get_peft_model(model, config)

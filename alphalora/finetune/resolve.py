@@ -55,6 +55,7 @@ def resolve_allocation(
     """Turn ``config.allocation`` (explicit lists or a spec) into an :class:`Allocation` for a
     model with ``n_layers`` transformer layers; refuses a layer-count mismatch. ``progress``
     follows the spectral analysis, matrix by matrix (and may raise to stop it)."""
+    from alphalora.allocation.labels import with_layer_score
     from alphalora.allocation.shapes import custom, mola_shape, uniform
     from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
 
@@ -67,7 +68,7 @@ def resolve_allocation(
                 "transformer layers; give one expert count per layer."
             )
         top_k = spec.get("top_k")
-        return custom(experts, 2 if top_k is None else top_k)
+        return _with_provenance(custom(experts, 2 if top_k is None else top_k), spec)
     method = spec["method"]
     per_layer = spec.get("experts_per_layer") or DEFAULT_EXPERTS_PER_LAYER
     budget = spec.get("budget")
@@ -81,11 +82,14 @@ def resolve_allocation(
         return uniform(n_layers, budget, top_k)
     from alphalora.spectral.analysis import layer_alphas
 
+    score, exclude = spec.get("layer_score"), bool(spec.get("exclude_unreliable"))
     alphas = layer_alphas(
         config.model,
         fit=spec.get("fit") or "hill-peak",
         device=analysis_device,
         progress=progress,
+        layer_score=score,
+        exclude_unreliable=exclude,
     )
     if len(alphas) != n_layers:
         raise AlphaLoRAError(
@@ -93,12 +97,48 @@ def resolve_allocation(
             f"{n_layers}; cannot allocate experts per layer."
         )
     if method == "alphalora-official":
-        return alphalora_official(alphas, budget, beta)
-    return alphalora_allocation(
+        return with_layer_score(alphalora_official(alphas, budget, beta), score, exclude)
+    result = alphalora_allocation(
         alphas,
         budget,
         beta,
         min_experts=int(spec.get("min") or 1),
         max_experts=spec.get("max"),
         top_k=top_k,
+    )
+    return with_layer_score(result, score, exclude)
+
+
+def _with_provenance(allocation: Any, spec: dict[str, Any]) -> Any:
+    """An explicit allocation that keeps what its spec says about its origin (method, label,
+    β, alphas, bounds: an ``Allocation`` JSON pasted as the spec keeps its name)."""
+    import dataclasses
+
+    from alphalora.allocation.labels import PROVENANCE_KEYS
+
+    fields = {k: spec[k] for k in PROVENANCE_KEYS if spec.get(k) is not None}
+    changes: dict[str, Any] = {}
+    if isinstance(fields.get("method"), str):
+        changes["method"] = fields["method"]
+    if isinstance(fields.get("label"), str) and fields["label"]:
+        changes["label"] = fields["label"]
+    for key in ("beta", "alphas", "min_experts", "max_experts"):
+        if key in fields:
+            changes[key] = tuple(fields[key]) if key == "alphas" else fields[key]
+    if "alphas" in changes and len(changes["alphas"]) != allocation.n_layers:
+        changes.pop("alphas")
+    return dataclasses.replace(allocation, **changes) if changes else allocation
+
+
+def allocation_record_for(config: TrainConfig, allocation: Any) -> dict[str, Any]:
+    """The run row's ``allocation``: the resolved allocation with its mode, β/τ, budget, shape
+    and layer score (see :func:`alphalora.allocation.labels.allocation_record`)."""
+    from alphalora.allocation.labels import allocation_record
+
+    spec = dict(config.allocation or {})
+    return allocation_record(
+        allocation,
+        shape=spec.get("shape"),
+        layer_score=spec.get("layer_score"),
+        exclude_unreliable=bool(spec.get("exclude_unreliable")),
     )

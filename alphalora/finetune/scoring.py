@@ -8,7 +8,7 @@ import bisect
 import itertools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alphalora.errors import AlphaLoRAError
@@ -80,13 +80,15 @@ def _answer_logprobs(logits: Any, labels: Any) -> tuple[Any, Any]:
 @dataclass
 class EvalCounts:
     """Sums that add up across batches and processes: loss over answer tokens, their count,
-    correct answers and examples."""
+    correct answers and examples; and per example (index in the list scored, the predicted
+    answer or None when unparsable, whether it was right) for paired comparisons."""
 
     loss_sum: float = 0.0
     tokens: int = 0
     correct: int = 0
     n: int = 0
     unparsable: int = 0
+    predictions: list[tuple[int, str | None, bool]] = field(default_factory=list)
 
     def result(self) -> dict[str, Any]:
         """accuracy, eval_loss (mean per answer token), n, unparsable."""
@@ -265,7 +267,9 @@ def evaluate_counts(
                 predictions[i] = max(range(k), key=lambda j, s=chunk_scores: (s[j], -j))
                 offset += k
             for i, ex in enumerate(examples):
-                counts.correct += int(predictions[i] == ex.gold_index)
+                right = predictions[i] == ex.gold_index
+                counts.correct += int(right)
+                counts.predictions.append((i, ex.choices[predictions[i]], right))
         else:
             longest = max(len(continuation_ids(tokenizer, ex.answer)) for ex in examples)
             budget = max_new_tokens or min(256, longest + 8)
@@ -278,13 +282,15 @@ def evaluate_counts(
                     for ex in chunk_ex
                 ]
                 generated = _greedy_generate(model, tokenizer, prompts, budget, device)
-                for ex, tokens in zip(chunk_ex, generated, strict=True):
+                for row, (ex, tokens) in enumerate(zip(chunk_ex, generated, strict=True)):
                     text = tokenizer.decode(tokens, skip_special_tokens=True)
                     parsed = parse_answer(text, ex.choices)
-                    if parsed is None:
-                        counts.unparsable += 1
-                    elif normalise_answer(parsed) == normalise_answer(ex.answer):
-                        counts.correct += 1
+                    right = parsed is not None and (
+                        normalise_answer(parsed) == normalise_answer(ex.answer)
+                    )
+                    counts.unparsable += int(parsed is None)
+                    counts.correct += int(right)
+                    counts.predictions.append((start + row, parsed, right))
                 report(start + len(chunk_ex))
         counts.n = len(examples)
     finally:

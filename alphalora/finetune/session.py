@@ -90,6 +90,7 @@ class Session(SessionResume):
         if acc.num_processes > 1:
             sums = acc.reduce(sums, reduction="sum")
         loss_sum, tokens, correct, n, unparsable = sums.tolist()
+        self._save_predictions(step, counts.predictions)
         metrics: dict[str, Any] = {
             "eval_loss": loss_sum / tokens if tokens else float("nan"),
             "accuracy": correct / n if n else float("nan"),
@@ -120,6 +121,22 @@ class Session(SessionResume):
         n = len(self.eval_examples)
         self.set_phase("evaluating", min(n, done * self.accelerator.num_processes), n)
         self.check_stop_local()
+
+    def _save_predictions(self, step: int, local: list[tuple[int, str | None, bool]]) -> None:
+        """Gather every process's per-example predictions (indices mapped back from its shard)
+        to the main process, which writes them to the run folder for paired comparisons."""
+        from alphalora.finetune.predictions import prediction_record, save_predictions
+
+        acc = self.accelerator
+        rows = [(acc.process_index + acc.num_processes * i, p, ok) for i, p, ok in local]
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)
+        if self.main:
+            record = prediction_record(step, self.eval_examples, rows)
+            save_predictions(self.folder, record)
+            self.store.merge_summary(self.run_id, eval_fingerprint=record["fingerprint"])
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:

@@ -245,9 +245,19 @@ class SessionSetup:
                 "model_path": self.model_path,
             }
             if self.allocation is not None:
+                from alphalora.finetune.resolve import allocation_record_for
+
                 atomic_write_json(self.folder / "allocation.json", self.allocation.to_dict())
-                # the run row shows the resolved experts per layer, not the spec
-                self._update(allocation=self.allocation.to_dict())
+                # the run row shows the resolved experts per layer and how they were chosen
+                self._update(allocation=allocation_record_for(cfg, self.allocation))
+            else:
+                from alphalora.finetune.lora_ranks import lora_record
+
+                record = lora_record(cfg.rank, cfg.lora_config)
+                given = self.store.get_run(self.run_id).get("allocation") or {}
+                if isinstance(given, dict) and given.get("label"):
+                    record["label"] = given["label"]  # the name it was launched under
+                self._update(allocation=record)
             self.store.merge_summary(self.run_id, **extra)
 
     def _load_task(self) -> None:
@@ -329,13 +339,40 @@ class SessionSetup:
 
             self.allocation = None
             set_seed(cfg.seed)
-            model = make_peft_lora(model, cfg.rank, cfg.targets, cfg.lora_alpha, cfg.dropout)
+            model = self._plain_lora(model, make_peft_lora)
         self.n_layers = n_layers
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         return model
+
+    def _plain_lora(self, model: Any, make_peft_lora: Any) -> Any:
+        """Plain LoRA: one rank everywhere, or the per-module ranks of ``lora_config`` (every
+        rank_pattern key must name an adapted module, or the run stops here)."""
+        cfg = self.config
+        extra = cfg.lora_config
+        if not extra:
+            return make_peft_lora(model, cfg.rank, cfg.targets, cfg.lora_alpha, cfg.dropout)
+        from alphalora.finetune.lora_ranks import unmatched_patterns
+
+        names = [name for name, _ in model.named_modules()]
+        missing = unmatched_patterns(names, extra["rank_pattern"])
+        if missing:
+            raise AlphaLoRAError(
+                f"lora_config.rank_pattern names {len(missing)} module(s) this model does not "
+                f"have (e.g. {missing[0]!r}); export the ranks for this model (allocate … --as "
+                "peft-ranks with its analysis table or config)."
+            )
+        return make_peft_lora(
+            model,
+            int(extra.get("r", cfg.rank)),
+            extra.get("target_modules") or cfg.targets,
+            float(extra.get("lora_alpha", cfg.lora_alpha)),
+            cfg.dropout,
+            rank_pattern=extra["rank_pattern"],
+            alpha_pattern=extra.get("alpha_pattern"),
+        )
 
     def _allocation(self, n_layers: int) -> Any:
         from alphalora.allocation.model import Allocation

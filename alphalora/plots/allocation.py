@@ -23,6 +23,7 @@ def allocation_figure(
     comparisons: Mapping[str, Sequence[int]] | None = None,
     alphas: Sequence[float] | None = None,
     title: str = "Experts per layer",
+    alpha_title: str = "layer α (mean over the block)",
 ) -> go.Figure:
     """Bars of experts per layer, comparison allocations as step lines, layer α on a 2nd axis."""
     n = len(experts)
@@ -54,7 +55,7 @@ def allocation_figure(
             )
         )  # fmt: skip
         fig.update_layout(
-            yaxis2={"title": {"text": "layer α (mean over the block)"}, "overlaying": "y",
+            yaxis2={"title": {"text": alpha_title}, "overlaying": "y",
                     "side": "right", "showgrid": False},
         )  # fmt: skip
     fig.update_layout(bargap=0.15)

@@ -108,7 +108,8 @@ def run_comparison_figure(
     table: pd.DataFrame, *, title: str = "Held-out accuracy: before → after"
 ) -> go.Figure:
     """Grouped bars of accuracy before/after per run (``label``, ``accuracy_before``,
-    ``accuracy_after`` columns)."""
+    ``accuracy_after`` columns); ``<column>_low``/``_high`` columns, when present, draw each
+    bar's 95 % interval as an error bar."""
     if table is None or table.empty:
         return empty_figure(
             "Select runs to compare.", "run", "accuracy (share correct, 0–1)", title
@@ -117,14 +118,27 @@ def run_comparison_figure(
     for i, (col, name) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
         if col not in table:
             continue
+        values = pd.to_numeric(table[col], errors="coerce")
         fig.add_trace(
             go.Bar(
-                x=table["label"], y=pd.to_numeric(table[col], errors="coerce"), name=name,
-                marker_color=COLOURS[i * 2], text=pd.to_numeric(table[col], errors="coerce").round(3),
+                x=table["label"], y=values, name=name,
+                marker_color=COLOURS[i * 2], text=values.round(3),
                 textposition="outside",
                 hovertemplate="%{x}<br>" + name + ": %{y:.3f}<extra></extra>",
+                error_y=_interval_bars(table, col, values),
             )
         )  # fmt: skip
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.05])
     return apply_layout(fig, title, "run", "accuracy (share correct, 0–1)")
+
+
+def _interval_bars(table: pd.DataFrame, col: str, values: pd.Series) -> dict | None:
+    """Asymmetric error bars from ``<col>_low``/``<col>_high`` columns, if the table has them."""
+    low, high = f"{col}_low", f"{col}_high"
+    if low not in table or high not in table:
+        return None
+    lo = (values - pd.to_numeric(table[low], errors="coerce")).fillna(0)
+    hi = (pd.to_numeric(table[high], errors="coerce") - values).fillna(0)
+    return {"type": "data", "symmetric": False, "array": hi.tolist(), "arrayminus": lo.tolist(),
+            "thickness": 1.5, "width": 6, "color": "#333"}  # fmt: skip

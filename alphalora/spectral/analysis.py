@@ -326,9 +326,16 @@ def layer_alphas(
     device: str = "auto",
     *,
     progress: ProgressFn | None = None,
+    layer_score: str | None = None,
+    exclude_unreliable: bool = False,
 ) -> list[float]:
-    """Per-layer mean alpha of a model (cached), the input of the AlphaLoRA allocation."""
+    """Per-layer mean alpha of a model (cached), the input of the AlphaLoRA allocation; or
+    another layer score (median, trimmed mean, reliable fits only), see ``layer_scores``."""
     result = analyze(ref, AnalysisOptions(fit=fit, device=device), progress=progress)
+    if (layer_score or "mean") != "mean" or exclude_unreliable:
+        from alphalora.spectral.layer_scores import layer_scores
+
+        return layer_scores(result.matrices, layer_score, exclude_unreliable)
     alphas = result.layer_alphas
     bad = [i for i, a in enumerate(alphas) if not np.isfinite(a)]
     if bad:

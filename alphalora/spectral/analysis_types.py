@@ -20,8 +20,9 @@ FIT_MODES = ("hill-peak", "clauset")
 @dataclass(frozen=True)
 class AnalysisOptions:
     """What to compute. ``fit`` picks the xmin search (docs/method.md §3); ``log10_quirk``
-    reproduces AlphaLoRA's hill-peak lower bound bug; ``esd_scale`` is ``"none"`` (AlphaLoRA,
-    eigenvalues of WᵀW) or ``"N"`` (WeightWatcher, WᵀW / N)."""
+    reproduces AlphaLoRA's hill-peak lower bound bug; ``esd_scale`` is ``"none"`` (eigenvalues
+    of WᵀW: AlphaLoRA's and WeightWatcher's default) or ``"N"`` (WᵀW / N, WeightWatcher's
+    ``normalize=True``)."""
 
     fit: str = "hill-peak"
     device: str = "auto"

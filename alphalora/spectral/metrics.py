@@ -48,8 +48,9 @@ def check_matrix(shape: tuple[int, int], finite: bool, all_zero: bool) -> Matrix
 def spectrum_metrics(eigs: np.ndarray, fit: PowerLawFit, *, scale: float = 1.0) -> dict[str, float]:
     """Metrics from eigenvalues of WᵀW (ascending) and their fit.
 
-    ``scale`` multiplies the eigenvalues first (1 for AlphaLoRA's convention, 1/N for
-    WeightWatcher's); alpha, D and n_tail do not depend on it.
+    ``scale`` multiplies the eigenvalues first (1 for AlphaLoRA's and WeightWatcher's default
+    convention, 1/N for WeightWatcher's ``normalize=True``); alpha, D and n_tail do not depend
+    on it.
     """
     lam = np.asarray(eigs, dtype=np.float64) * scale
     lam_max = float(lam[-1]) if lam.size else math.nan

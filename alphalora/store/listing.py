@@ -1,5 +1,5 @@
-"""A stored run as one flat row of the run list (:data:`LIST_COLUMNS`): method, model and task
-read from its config or allocation, accuracies from its summary, total experts."""
+"""A stored run as one flat row of the run list (:data:`LIST_COLUMNS`): method, allocation label,
+model and task read from its config or allocation, accuracies from its summary, total experts."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ LIST_COLUMNS = (
     "name",
     "status",
     "method",
+    "allocation",
     "model",
     "task",
     "created_at",
@@ -83,6 +84,7 @@ def run_summary_row(run: Mapping[str, Any]) -> dict[str, Any]:
         "name": run.get("name"),
         "status": run["status"],
         "method": method,
+        "allocation": _pick_text(allocation, ("label", "method", "mode")),
         "model": _pick_text(config, ("model", "model_name", "model_id", "base_model", "source")),
         "task": _pick_text(config, ("task", "task_name", "dataset", "data")),
         "created_at": run.get("created_at"),

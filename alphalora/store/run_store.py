@@ -243,7 +243,7 @@ class RunStore(StoreConnection):
         ]
         if search:
             needle = search.lower()
-            fields = ("run_id", "name", "method", "model", "task", "device", "error")
+            fields = ("run_id", "name", "method", "allocation", "model", "task", "device", "error")
             rows = [r for r in rows if any(needle in str(r[f] or "").lower() for f in fields)]
         frame = pd.DataFrame(rows, columns=list(LIST_COLUMNS))
         for column in ("accuracy_before", "accuracy_after", "seconds_per_step"):
