@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from alphalora.allocation.model import Allocation
@@ -9,6 +11,7 @@ from alphalora.allocation.softmax_rules import beta_to_temperature, temperature_
 from alphalora.errors import AlphaLoRAError
 from alphalora.plots.allocation import allocation_figure
 from ui import common as ui
+from ui.choices import BETA_MAX, BETA_MIN, BETA_STEP, display_label
 from ui.state import (
     ALLOCATION_MODES,
     MODE_DEFAULT,
@@ -78,7 +81,7 @@ def _sync_tau_beta() -> None:
         )
     else:
         st.session_state["alloc_beta"] = min(
-            10.0, round(temperature_to_beta(st.session_state["alloc_tau"]), 2)
+            BETA_MAX, round(temperature_to_beta(st.session_state["alloc_tau"]), 2)
         )
 
 
@@ -86,15 +89,17 @@ controls, chart = st.columns([1, 2.4], gap="large")
 with controls:
     st.markdown(f"**{ctx['label']}** · {n_layers} layers")
     mode = st.radio("Mode", ALLOCATION_MODES, key="alloc_mode")
-    use_tau = st.toggle("Set the temperature τ = 1/β instead of β", key="alloc_use_tau",
-                        on_change=_sync_tau_beta)  # fmt: skip
+    use_tau = st.toggle("Use temperature τ = 1/β", key="alloc_use_tau", on_change=_sync_tau_beta,
+                        help="Set the temperature τ = 1/β instead of β (the same knob read the "
+                        "other way).")  # fmt: skip
     if use_tau:
         tau = st.slider("Temperature τ", 0.1, 10.0, step=0.05, key="alloc_tau",
                         help="Large τ flattens the allocation towards uniform.")  # fmt: skip
         beta = temperature_to_beta(tau)
         st.caption(f"β = 1/τ = {beta:.3f}")
     else:
-        beta = st.slider("β (inverse temperature)", 0.0, 10.0, step=0.1, key="alloc_beta",
+        beta = st.slider("β (inverse temperature)", BETA_MIN, BETA_MAX, step=BETA_STEP,
+                         key="alloc_beta",
                          help="0 = uniform; 2.5 = the paper; larger concentrates experts.")  # fmt: skip
     budget = st.slider("Expert budget T (total over all layers)", n_layers, 16 * n_layers,
                        key="alloc_budget")  # fmt: skip
@@ -102,8 +107,8 @@ with controls:
     min_experts = b1.number_input("Min per layer", 1, 16, key="alloc_min")
     max_experts = b2.number_input("Max per layer (0 = none)", 0, 64, key="alloc_max")
     shape = st.selectbox("MoLA shape (compared; used in MoLA mode)", MOLA_SHAPES, key="alloc_shape")
-    st.button("Paper defaults (T = 5 per layer, β = 2.5)", on_click=_paper_defaults,
-              help="T = 160 for 32 layers (Llama-2-7B), 5 experts per layer otherwise; β = 2.5.")  # fmt: skip
+    st.button("Paper defaults", on_click=_paper_defaults,
+              help="T = 5 experts per layer (160 for Llama-2-7B's 32 layers) and β = 2.5.")  # fmt: skip
     uploaded = st.file_uploader("Import an allocation (JSON)", type=["json"], key="alloc_import")
 
 st.session_state["alloc_saved"] = {k: st.session_state[k] for k in WIDGETS}
@@ -140,29 +145,32 @@ if mode == MODE_MOLA and not imported:
     comparisons = {k: v for k, v in comparisons.items() if not k.startswith("MoLA")}
 
 with chart:
+    name = display_label(current)
     if imported:
-        st.info(f"Showing the imported allocation ({current.label or current.method}); "
-                "remove the file to go back to the controls.")  # fmt: skip
+        st.info(f"Showing the imported allocation ({name}); remove the file to go back to the "
+                "controls.")  # fmt: skip
     if ctx["analysis"] is None and mode == MODE_OFFICIAL and not imported:
         st.caption("The allocation implied by the paper's published Llama-2-7B alphas "
                    "(AlphaLoRA's own code, repair loop included).")  # fmt: skip
     fig = allocation_figure(
         current.experts,
-        label=current.label or current.method,
+        label=name,
         comparisons={k: v.experts for k, v in comparisons.items()},
         alphas=alphas,
-        title=f"Experts per layer — {current.label or current.method}",
+        title=f"Experts per layer — {name}",
     )
     ui.plot(fig, key="alloc_chart")
     for warning in current.warnings:
         st.warning(warning)
-    everything = {f"Current: {current.label or current.method}": current, **comparisons}
+    everything = {f"Current: {name}": current, **comparisons}
     if ctx["module_shapes"]:
         params = parameters_table(everything, ctx["module_shapes"])
         cols = st.columns(len(params))
         for col, (_, prow) in zip(cols, params.iterrows(), strict=True):
-            col.metric(prow["allocation"][:38], f"{prow['trainable_parameters'] / 1e6:,.2f} M",
-                       help=f"{prow['total_experts']} experts, {prow['min_per_layer']}–"
+            full = prow["allocation"]  # short names on the tiles, the full one in the help
+            short = "Current" if full.startswith("Current:") else full.split(" (")[0]
+            col.metric(short, f"{prow['trainable_parameters'] / 1e6:,.2f} M",
+                       help=f"{full}: {prow['total_experts']} experts, {prow['min_per_layer']}–"
                        f"{prow['max_per_layer']} per layer")  # fmt: skip
         st.caption(f"Trainable parameters (rank 8 on every projection + routers), sized from "
                    f"{ctx['shapes_from']}.")  # fmt: skip
@@ -178,6 +186,6 @@ with chart:
         ui.csv_download("Experts per layer (CSV)", table, "allocation.csv", "alloc_csv")
     with e3:
         if st.button("Use for fine-tune", type="primary", key="alloc_use"):
-            st.session_state[ui.ALLOCATION_KEY] = current.to_dict()
-            st.success(f"Stored for the Fine-tune page: {current.label or current.method} "
-                       f"({current.total} experts).")  # fmt: skip
+            # Tied to this model and fit: another model is never offered it as "Current".
+            ui.set_allocation(dataclasses.replace(current, label=name), ctx["choice"])
+            st.success(f"Stored for the Fine-tune page: {name} ({current.total} experts).")
