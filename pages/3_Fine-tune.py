@@ -283,10 +283,13 @@ try:
 except AlphaLoRAError as exc:
     st.error(str(exc))
     st.stop()
-known = [r for r in st.session_state[ui.RUNS_KEY] if store.exists(r)]
+# Runs launched in this session, every active run, and those being watched (a run that ends
+# while watched stays on screen with its outcome).
+watched_before = st.session_state.get("ft_watch", [])
+known = [r for r in st.session_state[ui.RUNS_KEY] + watched_before if store.exists(r)]
 choices = list(dict.fromkeys(known + active_ids))
 previous = st.session_state.get("ft_watch_options", [])
-watching = st.session_state.get("ft_watch", [])
+watching = watched_before
 if previous != choices or any(r not in choices for r in watching):
     # New runs (launched here or running anywhere) join the watch list, active ones first;
     # vanished ones are dropped; a run the user removed stays removed while it is listed.

@@ -15,6 +15,7 @@ from alphalora.plots.style import (
     STEP_AXIS_TITLE,
     apply_layout,
     empty_figure,
+    layer_dtick,
     run_colour,
 )
 
@@ -108,6 +109,7 @@ def router_load_figure(
         )
     )  # fmt: skip
     fig.update_xaxes(dtick=1)
+    fig.update_yaxes(dtick=layer_dtick(z.shape[0]))  # whole layers, never "0.5"
     return apply_layout(fig, title, "expert index (within the layer)", LAYER_AXIS_TITLE)
 
 

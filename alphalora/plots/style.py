@@ -34,12 +34,13 @@ _GRID = "#E6E6EC"
 
 FIGURE_HEIGHT = 450
 """Pixel height of every figure: the title and legend are placed in pixels from the top."""
-MODEBAR_PX = 34
+MODEBAR_PX = 40
 """Room left above the title for plotly's toolbar (the modebar), which sits top-right."""
-TITLE_LINE_PX = 22
-TITLE_WRAP_CHARS = 44
+TITLE_FONT_PX = 15
+TITLE_LINE_PX = 21
+TITLE_WRAP_CHARS = 36
 """Titles are wrapped at spaces to lines of at most this many characters (a half-width chart
-in a 1000-px window holds about 50 bold characters)."""
+in an 800-px window holds about 36 bold characters at 15 px)."""
 
 
 def run_colour(run_id: str) -> str:
@@ -83,6 +84,7 @@ def apply_layout(fig: go.Figure, title: str, x_title: str, y_title: str, **extra
             "yref": "container",
             "yanchor": "top",
             "pad": {"t": MODEBAR_PX},
+            "font": {"size": TITLE_FONT_PX},
         },
         # plotly_white's look without its template (assigning a named template deep-copies it:
         # ~15 ms per figure, most of a slider redraw). The app's theme restyles it anyway.
