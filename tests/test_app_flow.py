@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from test_app_pages import (  # noqa: F401  (fixtures)
     _app,
+    _charts,
     _clean,
     _commit,
     _isolated_home,
+    _metrics,
     _multiselect,
     app_home,
 )
@@ -288,3 +290,38 @@ def test_the_stored_allocation_is_offered_only_for_its_model_and_fit(tiny):
     at = _commit(at, "custom", str(tiny))
     at.switch_page(FT).run()
     assert "(7 experts)" in at.multiselect(key="ft_allocs").format_func("current")
+
+
+# --------------------------------------------------------------------------- 8 · layout
+
+
+def test_allocation_titles_and_labels_fit_and_beta_has_one_range():
+    from alphalora.plots.style import TITLE_WRAP_CHARS
+
+    at = _commit(_app(), "paper").switch_page("pages/2_Allocation.py").run()
+    at.radio(key="alloc_mode").set_value("AlphaLoRA official").run()
+    at.slider(key="alloc_beta").set_value(10.0).run()
+    at.slider(key="alloc_budget").set_value(32).run()
+    _clean(at)
+    title = _charts(at)[0]["layout"]["title"]["text"]
+    assert title.replace("<br>", " ") == (
+        "Experts per layer — AlphaLoRA official (T=32, β=10) — 17 layers got 0 experts"
+    )
+    assert all(len(line) <= TITLE_WRAP_CHARS for line in title.split("<br>"))
+    assert list(_metrics(at)) == ["Current", "Uniform", "MoLA 8642"]  # short tile labels
+    assert len(at.toggle(key="alloc_use_tau").label) <= 25  # not cut at 1400 px
+    at.toggle(key="alloc_use_tau").set_value(True).run()
+    at.slider(key="alloc_tau").set_value(1.65).run()
+    at.radio(key="alloc_mode").set_value("AlphaLoRA (default)").run()
+    _clean(at)
+    title = _charts(at)[0]["layout"]["title"]["text"].replace("<br>", " ")
+    assert "β=0.606" in title and "0.60606" not in title
+    at.toggle(key="alloc_use_tau").set_value(False).run()
+    alloc_beta = at.slider(key="alloc_beta")
+    at.switch_page("pages/5_Learn.py").run()
+    learn_beta = at.slider(key="learn_beta")
+    assert (learn_beta.min, learn_beta.max, learn_beta.step) == (
+        alloc_beta.min,
+        alloc_beta.max,
+        alloc_beta.step,
+    )

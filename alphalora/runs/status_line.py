@@ -1,7 +1,9 @@
 """One line that says what a run is doing: its phase, how far it is, and how long is left.
 
-A running trainer keeps ``summary["progress"]`` on its run row up to date (phase, examples
-scored so far in an evaluation, step; see docs/architecture.md). :func:`run_status` turns that,
+A running trainer keeps ``summary["progress"]`` on its run row up to date: ``{"phase", "done",
+"total", "step", "steps", "at"}`` with the phase one of :data:`PHASES`, ``done``/``total`` the
+examples scored so far in an evaluation (or the steps while training) and ``at`` an ISO-8601 UTC
+time. Runs without it (older trainers) fall back to the logged steps. :func:`run_status` turns that,
 the logged seconds per step and the run's status into the line the app shows, e.g.
 ``evaluating 120/200 held-out examples (before training) · about 40 s left`` or
 ``cancelled at step 13/40``. Pure: no store, no clock unless given.
