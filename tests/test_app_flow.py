@@ -108,6 +108,17 @@ def test_fine_tune_and_runs_choices_survive_a_page_switch(tmp_path):
     _finish(store, active)
 
 
+def test_the_spectrum_picked_on_spectra_survives_a_page_switch():
+    at = _app().switch_page("pages/1_Spectra.py").run()
+    at.selectbox(key="spectra_layer").set_value(7).run()
+    at.selectbox(key="spectra_kind").set_value("v_proj").run()
+    at.switch_page("pages/2_Allocation.py").run()
+    at.switch_page("pages/1_Spectra.py").run()
+    _clean(at)
+    assert at.selectbox(key="spectra_layer").value == 7
+    assert at.selectbox(key="spectra_kind").value == "v_proj"
+
+
 # --------------------------------------------------------------------------- 2 and 3 · model
 
 
