@@ -120,6 +120,17 @@ def _distinct_colours(png: Path) -> int:
     return len(colours or [])
 
 
+def _screenshot(browser, shot: Path, log: Path) -> Path:
+    """Save a screenshot in the test's tmp dir (copied to $ALPHALORA_SCREENSHOT_DIR when set:
+    a test run never rewrites tracked files)."""
+    assert browser.save_screenshot(str(shot)), log.read_text()
+    if os.environ.get("ALPHALORA_SCREENSHOT_DIR"):
+        keep = Path(os.environ["ALPHALORA_SCREENSHOT_DIR"])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, keep / shot.name)
+    return shot
+
+
 @pytest.mark.slow
 def test_allocation_page_renders_its_chart_in_chromium(app_server, browser, tmp_path):
     from selenium.webdriver.common.by import By
@@ -151,12 +162,7 @@ def test_allocation_page_renders_its_chart_in_chromium(app_server, browser, tmp_
     assert chart.is_displayed()
     assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
     time.sleep(1.0)  # let the last transitions settle before the picture
-    shot = tmp_path / "allocation_page.png"
-    assert browser.save_screenshot(str(shot)), log.read_text()
-    if os.environ.get("ALPHALORA_SCREENSHOT_DIR"):
-        keep = Path(os.environ["ALPHALORA_SCREENSHOT_DIR"])
-        keep.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, keep / "allocation_page.png")
+    shot = _screenshot(browser, tmp_path / "allocation_page.png", log)
     assert shot.stat().st_size > 20_000
     assert _distinct_colours(shot) > 200  # a blank or half-rendered page has a handful
 
@@ -263,12 +269,7 @@ def test_a_running_fine_tune_stays_watched_across_page_switches(
             )
             == "2000"
         )  # settings kept too
-        shot = tmp_path / "fine_tune_watched.png"
-        assert browser.save_screenshot(str(shot)), log.read_text()
-        if os.environ.get("ALPHALORA_SCREENSHOT_DIR"):
-            keep = Path(os.environ["ALPHALORA_SCREENSHOT_DIR"])
-            keep.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(shot, keep / "fine_tune_watched.png")
+        _screenshot(browser, tmp_path / "fine_tune_watched.png", log)
 
         browser.find_element(By.XPATH, "//button[contains(., 'Cancel')]").click()
         wait.until(lambda d: "cancelled at step" in live_text() and "Resume" in live_text())
