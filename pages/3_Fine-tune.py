@@ -162,8 +162,8 @@ current = ui.chosen_allocation(ctx["choice"])
 if current is None:
     budget = 5 * n_layers
     current = alphalora_allocation(ctx["alphas"], budget, 2.5)
-    other = " (the one stored there was made for another model or fit)" if st.session_state.get(
-        ui.ALLOCATION_KEY) else ""  # fmt: skip
+    stored_elsewhere = bool(st.session_state.get(ui.ALLOCATION_KEY))
+    other = " (the one stored there was made for another model or fit)" if stored_elsewhere else ""
     st.caption(f"No allocation was stored on the Allocation page for this model{other}: using "
                f"AlphaLoRA with the paper defaults ({budget} experts, β = 2.5).")  # fmt: skip
 shape = st.selectbox("MoLA shape", MOLA_SHAPES, key="ft_shape")
