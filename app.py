@@ -99,8 +99,13 @@ def home() -> None:
         except AlphaLoRAError as exc:
             st.error(str(exc))
         else:
-            ui.set_model(choice)
-            committed = choice
+            # A model becomes current only once its analysis succeeded: a typo must not leave
+            # every other page showing an error (and retrying it on each visit).
+            if choice.is_paper or ui.get_analysis(choice) is not None:
+                ui.set_model(choice)
+                committed = choice
+            else:
+                st.info(f"The current model stays **{committed.label()}**.")
 
     st.subheader("2 · Summary")
     if committed.is_paper:

@@ -44,7 +44,7 @@ if not layer_ids:
     st.warning("This model has no transformer-block matrices to show.")
     st.stop()
 
-st.session_state.setdefault("spectra_layer", layer_ids[0])
+ui.remember({"spectra_layer": layer_ids[0], "spectra_kind": ""})  # kept across pages
 if st.session_state["spectra_layer"] not in layer_ids:
     st.session_state["spectra_layer"] = layer_ids[0]
 kind_names = [c[len("alpha_") :] for c in kind_columns(layers_df)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from alphalora.allocation.checks import budget_range
@@ -19,6 +21,7 @@ from alphalora.spectral.layer_scores import (
     scores_from_table,
 )
 from ui import common as ui
+from ui.choices import BETA_MAX, BETA_MIN, BETA_STEP, display_label
 from ui.comparisons import LAYER_SCORE_LABELS
 from ui.state import (
     ALLOCATION_MODES,
@@ -91,7 +94,7 @@ def _sync_tau_beta() -> None:
         )
     else:
         st.session_state["alloc_beta"] = min(
-            10.0, round(temperature_to_beta(st.session_state["alloc_tau"]), 2)
+            BETA_MAX, round(temperature_to_beta(st.session_state["alloc_tau"]), 2)
         )
 
 
@@ -99,15 +102,17 @@ controls, chart = st.columns([1, 2.4], gap="large")
 with controls:
     st.markdown(f"**{ctx['label']}** · {n_layers} layers")
     mode = st.radio("Mode", ALLOCATION_MODES, key="alloc_mode")
-    use_tau = st.toggle("Set the temperature τ = 1/β instead of β", key="alloc_use_tau",
-                        on_change=_sync_tau_beta)  # fmt: skip
+    use_tau = st.toggle("Use temperature τ = 1/β", key="alloc_use_tau", on_change=_sync_tau_beta,
+                        help="Set the temperature τ = 1/β instead of β (the same knob read the "
+                        "other way).")  # fmt: skip
     if use_tau:
         tau = st.slider("Temperature τ", 0.1, 10.0, step=0.05, key="alloc_tau",
                         help="Large τ flattens the allocation towards uniform.")  # fmt: skip
         beta = temperature_to_beta(tau)
         st.caption(f"β = 1/τ = {beta:.3f}")
     else:
-        beta = st.slider("β (inverse temperature)", 0.0, 10.0, step=0.1, key="alloc_beta",
+        beta = st.slider("β (inverse temperature)", BETA_MIN, BETA_MAX, step=BETA_STEP,
+                         key="alloc_beta",
                          help="0 = uniform; 2.5 = the paper; larger concentrates experts.")  # fmt: skip
     budget_low, budget_high = budget_range(n_layers)  # the library's bound on budgets
     budget = st.slider("Expert budget T (total over all layers)", budget_low,
@@ -126,8 +131,8 @@ with controls:
         reliable_only = st.checkbox("Reliable fits only", key="alloc_reliable",
                                     help="Leave flagged fits (short tail, α out of range, poor "
                                     "KS distance) out of the layer scores.")  # fmt: skip
-    st.button("Paper defaults (T = 5 per layer, β = 2.5)", on_click=_paper_defaults,
-              help="T = 160 for 32 layers (Llama-2-7B), 5 experts per layer otherwise; β = 2.5.")  # fmt: skip
+    st.button("Paper defaults", on_click=_paper_defaults,
+              help="T = 5 experts per layer (160 for Llama-2-7B's 32 layers) and β = 2.5.")  # fmt: skip
     uploaded = st.file_uploader("Import an allocation (JSON)", type=["json"], key="alloc_import")
 
 st.session_state["alloc_saved"] = {k: st.session_state[k] for k in WIDGETS}
@@ -177,18 +182,19 @@ if mode == MODE_MOLA and not imported:
     comparisons = {k: v for k, v in comparisons.items() if not k.startswith("MoLA")}
 
 with chart:
+    name = display_label(current)
     if imported:
-        st.info(f"Showing the imported allocation ({current.label or current.method}); "
-                "remove the file to go back to the controls.")  # fmt: skip
+        st.info(f"Showing the imported allocation ({name}); remove the file to go back to the "
+                "controls.")  # fmt: skip
     if ctx["analysis"] is None and mode == MODE_OFFICIAL and not imported:
         st.caption("The allocation implied by the paper's published Llama-2-7B alphas "
                    "(AlphaLoRA's own code, repair loop included).")  # fmt: skip
     fig = allocation_figure(
         current.experts,
-        label=current.label or current.method,
+        label=name,
         comparisons={k: v.experts for k, v in comparisons.items()},
         alphas=alphas,
-        title=f"Experts per layer — {current.label or current.method}",
+        title=f"Experts per layer — {name}",
         alpha_title=f"layer score: {describe_layer_score(score, reliable_only)}",
     )
     ui.plot(fig, key="alloc_chart")
@@ -207,13 +213,15 @@ with chart:
                        "trimmed or flagged fits not used; `!` marks a flagged fit.")  # fmt: skip
             st.dataframe(score_table.drop(columns=["n_matrices"]), hide_index=True,
                          width="stretch", key="alloc_scores")  # fmt: skip
-    everything = {f"Current: {current.label or current.method}": current, **comparisons}
+    everything = {f"Current: {name}": current, **comparisons}
     if ctx["module_shapes"]:
         params = parameters_table(everything, ctx["module_shapes"])
         cols = st.columns(len(params))
         for col, (_, prow) in zip(cols, params.iterrows(), strict=True):
-            col.metric(prow["allocation"][:38], f"{prow['trainable_parameters'] / 1e6:,.2f} M",
-                       help=f"{prow['total_experts']} experts, {prow['min_per_layer']}–"
+            full = prow["allocation"]  # short names on the tiles, the full one in the help
+            short = "Current" if full.startswith("Current:") else full.split(" (")[0]
+            col.metric(short, f"{prow['trainable_parameters'] / 1e6:,.2f} M",
+                       help=f"{full}: {prow['total_experts']} experts, {prow['min_per_layer']}–"
                        f"{prow['max_per_layer']} per layer")  # fmt: skip
         st.caption(f"Trainable parameters (rank 8 on every projection + routers), sized from "
                    f"{ctx['shapes_from']}.")  # fmt: skip
@@ -229,11 +237,12 @@ with chart:
         ui.csv_download("Experts per layer (CSV)", table, "allocation.csv", "alloc_csv")
     with e3:
         if st.button("Use for fine-tune", type="primary", key="alloc_use"):
-            st.session_state[ui.ALLOCATION_KEY] = {
-                **current.to_dict(),
-                "layer_score": score if current.alphas is not None else None,
-                "exclude_unreliable": bool(reliable_only and current.alphas is not None),
-                "shape": shape if mode == MODE_MOLA and not imported else None,
-            }
-            st.success(f"Stored for the Fine-tune page: {current.label or current.method} "
-                       f"({current.total} experts).")  # fmt: skip
+            # Tied to this model and fit: another model is never offered it as "Current".
+            ui.set_allocation(
+                dataclasses.replace(current, label=name),
+                ctx["choice"],
+                layer_score=score if current.alphas is not None else None,
+                exclude_unreliable=bool(reliable_only and current.alphas is not None),
+                shape=shape if mode == MODE_MOLA and not imported else None,
+            )
+            st.success(f"Stored for the Fine-tune page: {name} ({current.total} experts).")

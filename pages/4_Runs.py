@@ -15,7 +15,9 @@ from alphalora.runs.seeds import seed_curves, seed_groups
 from alphalora.store.records import ACTIVE_STATUSES, STATUSES
 from alphalora.store.run_store import RunStore
 from ui import common as ui
+from ui.choices import default_comparison
 from ui.comparisons import add_intervals, pair_messages
+from ui.run_rows import run_metrics, run_row, show_notice
 from ui.state import runs_comparison_table
 
 ui.page_setup("Runs", ":material/history:")
@@ -28,6 +30,8 @@ except AlphaLoRAError as exc:
     st.error(str(exc))
     st.stop()
 
+# The filter and the runs compared survive a visit to another page.
+ui.remember({"runs_status": "all", "runs_search": ""})
 f1, f2 = st.columns([1, 3])
 status = f1.selectbox("Status", ["all", *STATUSES], key="runs_status")
 search = f2.text_input("Search (id, name, method, model, task, device, error)", key="runs_search")
@@ -51,11 +55,14 @@ labels = {
 }
 options = list(listed["run_id"])
 finished = list(listed.loc[listed["status"] == "completed", "run_id"])
-if st.session_state.get("runs_options") != options:  # filter changed: keep what is still listed
+active = list(listed.loc[listed["status"].isin(ACTIVE_STATUSES), "run_id"])
+chosen = st.session_state.get("runs_selected", [])
+kept = [r for r in chosen if r in options]
+if st.session_state.get("runs_options") != options or kept != chosen:
+    # The list changed (filter, new runs): keep what is still listed, else running runs first.
     st.session_state["runs_options"] = options
-    kept = [r for r in st.session_state.get("runs_selected", []) if r in options]
-    st.session_state["runs_selected"] = kept or (finished or options)[:3]
-selected = st.multiselect("Runs to compare", options, format_func=labels.get, key="runs_selected")
+    ui.set_selection("runs_selected", kept or default_comparison(options, active, finished))
+selected = ui.selection("Runs to compare", options, "runs_selected", format_func=labels.get)
 if not selected:
     st.stop()
 
@@ -109,33 +116,17 @@ if not groups.empty and int(groups["n_seeds"].max()) > 1:
         ui.plot(seed_curve_figure(seed_curves(metrics, groups, "accuracy")), key="runs_seed_curve")
 
 st.subheader("Adapters and actions")
+show_notice()
 for run in runs:
     rid = run["run_id"]
-    a1, a2, a3 = st.columns([3, 2, 2])
-    a1.markdown(f"**{short[rid]}** · `{run['status']}`")
+    run_row(run, run_metrics(metrics, rid), short[rid], "runs")
     adapter = run.get("adapter_path")
     if adapter and Path(adapter).is_dir():
-        with a2:
-            st.download_button(
-                "Download adapter (zip)",
-                data=lambda folder=adapter: ui.zip_folder(folder),
-                file_name=f"adapter-{rid}.zip",
-                mime="application/zip",
-                key=f"runs_zip_{rid}",
-                on_click="ignore",
-            )
-    else:
-        a2.caption("no adapter saved")
-    with a3:
-        if run["status"] in ACTIVE_STATUSES:
-            if st.button("Cancel", key=f"runs_cancel_{rid}"):
-                st.toast(jobs.cancel_run(rid, store=store, timeout=10))
-        elif run["status"] in jobs.RESUMABLE_STATUSES:
-            if st.button("Resume", key=f"runs_resume_{rid}"):
-                try:
-                    jobs.resume_run(rid, store=store)
-                    st.toast(f"Run {rid} resumed.")
-                except AlphaLoRAError as exc:
-                    st.error(str(exc))
-    if run.get("error"):
-        st.error(f"{rid}: {run['error']}")
+        st.download_button(
+            "Download adapter (zip)",
+            data=lambda folder=adapter: ui.zip_folder(folder),
+            file_name=f"adapter-{rid}.zip",
+            mime="application/zip",
+            key=f"runs_zip_{rid}",
+            on_click="ignore",
+        )

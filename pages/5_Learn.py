@@ -13,6 +13,7 @@ from alphalora.plots.allocation import allocation_figure
 from alphalora.plots.spectra import esd_figure, ks_scan_figure, line_figure
 from alphalora.spectral.fits import fit_power_law
 from ui import common as ui
+from ui.choices import BETA_MAX, BETA_MIN, BETA_STEP
 from ui.state import (
     allocation_table,
     best_xmin,
@@ -196,7 +197,7 @@ with tab4:
         f"{source}. **β = 0** ignores α (uniform); larger β hands more experts to the layers "
         "with the largest α. The paper uses β = 2.5."
     )
-    beta = st.slider("β", 0.0, 8.0, 2.5, 0.1, key="learn_beta")
+    beta = st.slider("β", BETA_MIN, BETA_MAX, 2.5, BETA_STEP, key="learn_beta")  # as Allocation
     alloc = alphalora_allocation(alphas, budget, beta)
     b1, b2 = st.columns(2)
     with b1:
@@ -205,7 +206,7 @@ with tab4:
                                   alphas=alphas, title=f"Experts per layer at β = {beta:g}"),
                 key="learn_alloc")  # fmt: skip
     with b2:
-        betas = np.round(np.linspace(0, 8, 33), 2)
+        betas = np.round(np.linspace(BETA_MIN, BETA_MAX, 41), 2)
         sweep = _beta_sweep(tuple(alphas), budget, tuple(betas))
         ui.plot(line_figure(sweep["beta"], {
                     "experts of the highest-α layer": sweep["experts_highest_alpha_layer"],

@@ -257,3 +257,38 @@ def test_cli_cancel_and_resume(worker, capsys):
     assert not Path(folder).exists()
     assert main(["runs", "cancel", "no-such-run"]) == 1
     assert "No run with id" in capsys.readouterr().err
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (Z = zombie), or None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def test_a_trainer_that_finishes_by_itself_is_reaped_without_anyone_looking(worker):
+    """The app never waits for a trainer; a run that completes on its own must not stay
+    <defunct> under the server (the background reaper collects it)."""
+    store = RunStore()
+    run_id = jobs.start_run({"steps": 1}, store=store, command=worker)
+    wait_for(lambda: store.get_run(run_id)["status"] == "completed", what="the run to complete")
+    pid = store.get_run(run_id)["pid"]
+    wait_for(lambda: _proc_state(pid) is None, what=f"process {pid} to be reaped")
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # nothing left to wait for: it was reaped
+
+
+def test_reconcile_reaps_finished_trainers(worker, monkeypatch):
+    """Without the background thread, listing runs (reconcile) reaps children that ended."""
+    from alphalora.runs import children
+
+    wait_for(lambda: children._REAPER is None or not children._REAPER.is_alive(), what="reaper")
+    monkeypatch.setattr(children, "_reaper_loop", lambda: None)
+    store = RunStore()
+    run_id = jobs.start_run({"steps": 1}, store=store, command=worker)
+    wait_for(lambda: store.get_run(run_id)["status"] == "completed", what="the run to complete")
+    pid = store.get_run(run_id)["pid"]
+    wait_for(lambda: _proc_state(pid) == "Z", what="the finished trainer to become a zombie")
+    assert jobs.reconcile(store) == []  # the run is completed: nothing to mark interrupted
+    assert _proc_state(pid) is None and not children.tracked(pid)

@@ -191,3 +191,113 @@ def test_run_comparison_and_line_figures():
     )
     assert line.layout.xaxis.type == "log"
     assert [t.name for t in line.data] == ["a", "current = 2"]
+
+
+# --------------------------------------------------------------------------- issue 10: colours, layout
+
+
+def _trace_colours(fig: go.Figure) -> dict[str, str]:
+    """Run label → colour of its line or bar (bars carry one colour per run)."""
+    out: dict[str, str] = {}
+    for t in fig.data:
+        if isinstance(t, go.Bar):
+            out.update(zip(t.x, t.marker.color, strict=True))
+        else:
+            out[t.name] = t.line.color
+    return out
+
+
+def test_a_run_keeps_its_colour_in_every_chart_whatever_else_is_shown():
+    from alphalora.plots.style import RUN_COLOURS, run_colour
+
+    ids = [f"20260101-0000{i:02d}-ab{i:02d}" for i in range(12)]
+    assert run_colour(ids[3]) == run_colour(ids[3]) and run_colour(ids[3]) in RUN_COLOURS
+    assert len({run_colour(r) for r in ids}) > 5  # spread over the palette, not one colour
+    rows = []
+    for r in ids[:4]:
+        rows += [{"run_id": r, "split": "train", "step": s, "train_loss": 1.0 / s} for s in (1, 2)]
+        rows += [{"run_id": r, "split": "eval", "step": 2, "accuracy": 0.6}]
+    metrics = pd.DataFrame(rows)
+    labels = {r: f"run {r[-4:]}" for r in ids}
+    expected = {labels[r]: run_colour(r) for r in ids[:4]}
+    loss = metric_curves_figure(metrics, "train_loss", y_title="l", title="t", labels=labels)
+    assert _trace_colours(loss) == expected
+    # Another page shows the runs in another order, and only some of them: same colours.
+    subset = metrics[metrics["run_id"].isin(ids[2:4])].iloc[::-1]
+    acc = metric_curves_figure(subset, "accuracy", y_title="a", title="t", labels=labels)
+    assert _trace_colours(acc) == {labels[r]: expected[labels[r]] for r in ids[2:4]}
+    table = pd.DataFrame(
+        {
+            "run_id": ids[3:0:-1],
+            "label": [labels[r] for r in ids[3:0:-1]],
+            "accuracy_before": [0.5, 0.5, 0.5],
+            "accuracy_after": [0.7, 0.8, 0.6],
+        }
+    )
+    bars = run_comparison_figure(table)
+    for trace in bars.data:
+        assert dict(zip(trace.x, trace.marker.color, strict=True)) == {
+            labels[r]: expected[labels[r]] for r in ids[1:4]
+        }
+
+
+def test_accuracy_axes_stay_within_zero_and_one_and_missing_bars_have_no_nan_label():
+    metrics = pd.DataFrame(
+        {"run_id": ["a"], "split": ["eval"], "step": [0], "accuracy": [0.5]}
+    )  # one flat value: plotly would autoscale to [-0.5, 1.5]
+    fig = metric_curves_figure(metrics, "accuracy", y_title="acc", title="t", split="eval")
+    assert tuple(fig.layout.yaxis.range) == (0.0, 1.0)
+    loss = metric_curves_figure(
+        metrics.rename(columns={"accuracy": "eval_loss"}), "eval_loss", y_title="l", title="t"
+    )
+    assert loss.layout.yaxis.range is None  # losses keep their own scale
+    table = pd.DataFrame(
+        {
+            "run_id": ["r1", "r2"],
+            "label": ["done", "cancelled"],
+            "accuracy_before": [0.5, 0.52],
+            "accuracy_after": [0.75, None],  # the cancelled run never reached its last eval
+        }
+    )
+    bars = run_comparison_figure(table)
+    assert tuple(bars.layout.yaxis.range) == (0.0, 1.0)
+    texts = [t for trace in bars.data for t in trace.text]
+    assert "NaN" not in " ".join(texts) and "nan" not in " ".join(texts)
+    assert list(bars.data[1].text) == ["0.750", ""] and list(bars.data[0].text) == [
+        "0.500",
+        "0.520",
+    ]
+
+
+def test_fitted_power_law_stays_inside_the_plotted_data_range():
+    eigs = esd(random_matrix("gaussian", 256, 128, seed=1))
+    fit = fit_power_law(eigs, "clauset")
+    fig = esd_figure(eigs, alpha=16.0, xmin=float(fit.xmin), n_tail=20)
+    lo, hi = (10**v for v in fig.layout.yaxis.range)
+    line = next(t for t in fig.data if t.name.startswith("power law"))
+    assert min(line.y) >= lo * (1 - 1e-9) and max(line.y) <= hi * (1 + 1e-9)
+    assert min(line.x) >= fit.xmin * (1 - 1e-9) and max(line.x) <= float(np.max(eigs)) * 1.0001
+    # The line ends where it meets the bottom of the chart (before it, α = 16 left the plot).
+    assert min(line.y) == pytest.approx(lo, rel=1e-6) and max(line.x) < float(np.max(eigs))
+    # A fit that stays above the bottom runs up to the largest eigenvalue.
+    ok = esd_figure(eigs, alpha=1.5, xmin=float(fit.xmin), n_tail=115)
+    ok_line = next(t for t in ok.data if t.name.startswith("power law"))
+    assert max(ok_line.x) == pytest.approx(float(np.max(eigs)), rel=1e-6)
+
+
+def test_titles_sit_below_the_toolbar_wrap_and_keep_the_legend_below_them():
+    from alphalora.plots.style import FIGURE_HEIGHT, MODEBAR_PX, TITLE_WRAP_CHARS, wrap_title
+
+    title = "Experts per layer — AlphaLoRA official (T=160, β=2.5) — 16 layers got 0 experts"
+    fig = allocation_figure([5, 5, 5], comparisons={"u": [5, 5, 5]}, title=title)
+    text = fig.layout.title.text
+    assert text.replace("<br>", " ") == title
+    assert all(len(line) <= TITLE_WRAP_CHARS for line in text.split("<br>"))
+    assert fig.layout.title.yref == "container" and fig.layout.title.pad.t >= MODEBAR_PX
+    lines = text.count("<br>") + 1
+    legend_top_px = (1 - fig.layout.legend.y) * FIGURE_HEIGHT
+    assert fig.layout.legend.yref == "container" and fig.layout.legend.yanchor == "top"
+    assert legend_top_px >= MODEBAR_PX + 20 * lines  # below the toolbar and every title line
+    assert fig.layout.margin.t > legend_top_px  # and the plot below the legend
+    assert wrap_title("short") == "short" and wrap_title("") == ""
+    assert wrap_title("a " * 30, width=10).count("<br>") == 5

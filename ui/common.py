@@ -10,6 +10,7 @@ import io
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +23,86 @@ from alphalora.errors import AlphaLoRAError
 from alphalora.paths import data_dir
 from alphalora.spectral.analysis import analyze
 from alphalora.spectral.analysis_types import AnalysisOptions, AnalysisResult
+from ui.choices import allocation_for, allocation_key
 from ui.state import KIND_EMBEDDED, ModelChoice, module_shapes_from_matrices
 
 MODEL_KEY = "alphalora_model"  # the committed ModelChoice
 ALLOCATION_KEY = "alphalora_allocation"  # Allocation.to_dict() chosen "for fine-tune"
+ALLOCATION_FOR_KEY = "alphalora_allocation_for"  # allocation_key() of the model/fit it is for
 RUNS_KEY = "alphalora_runs"  # run ids launched in this session (newest first)
+SAVED_KEY = "alphalora_saved_widgets"  # widget key → last value, kept across page switches
 _MAX_ANALYSES = 8
+_PAGE = threading.local()  # this script run's sidebar placeholder
 
 
 def page_setup(title: str, icon: str = ":material/monitoring:") -> None:
     """Page config, default session state and the sidebar summary of the current choices."""
     st.set_page_config(page_title=f"{title} · AlphaLoRA Studio", page_icon=icon, layout="wide")
     init_state()
-    with st.sidebar:
+    _save_widgets()
+    _PAGE.sidebar = st.sidebar.empty()
+    draw_sidebar()
+
+
+def draw_sidebar() -> None:
+    """(Re)draw the sidebar's summary of the current model and allocation; called again when
+    either changes during a run, so the sidebar is never one step behind."""
+    holder = getattr(_PAGE, "sidebar", None)
+    if holder is None:
+        return
+    with holder.container():
         choice = current_model()
         st.caption("Current model")
         st.markdown(f"**{choice.label()}**  \nfit `{choice.fit}` · device `{choice.device}`")
         alloc = st.session_state.get(ALLOCATION_KEY)
-        if alloc:
+        if alloc and chosen_allocation(choice) is not None:
             st.caption("Allocation for fine-tune")
             st.markdown(
                 f"{alloc.get('label') or alloc.get('method')} ({alloc.get('total')} experts)"
             )
+        elif alloc:
+            st.caption("Allocation for fine-tune: none for this model/fit yet")
+
+
+def remember(defaults: Mapping[str, Any]) -> None:
+    """Call before a page draws its widgets: Streamlit forgets the values of widgets that are
+    not on screen, so a page switch would reset them. Each key gets back its last value (or
+    ``default`` on a first visit); :func:`page_setup` records the values at every run."""
+    saved = st.session_state.setdefault(SAVED_KEY, {})
+    for key, default in defaults.items():
+        saved.setdefault(key, default)
+        if key not in st.session_state:
+            st.session_state[key] = saved[key]
+
+
+def _save_widgets() -> None:
+    """Record the current values of remembered widgets (at the start of a run the previous
+    page's widgets still hold theirs, the user's last change included)."""
+    saved = st.session_state.get(SAVED_KEY) or {}
+    for key in saved:
+        if key in st.session_state:
+            saved[key] = st.session_state[key]
+
+
+def selection(label: str, options: Sequence[str], key: str, *, format_func: Any = str) -> list[str]:
+    """A multiselect whose value lives in session state under ``key`` rather than in the
+    widget: set by the page (:func:`set_selection`) or by the user, it survives live-view
+    refreshes and page switches (a widget's own state does not)."""
+    state = st.session_state
+    current = [r for r in state.setdefault(key, []) if r in options]
+    widget = f"{key}__w{state.setdefault(key + '__v', 0)}"
+
+    def changed() -> None:
+        state[key] = list(state[widget])
+
+    return st.multiselect(label, list(options), default=current, key=widget, on_change=changed,
+                          format_func=format_func)  # fmt: skip
+
+
+def set_selection(key: str, values: Sequence[str]) -> None:
+    """Set a :func:`selection` from the page (the widget is drawn afresh with it)."""
+    st.session_state[key] = list(values)
+    st.session_state[key + "__v"] = st.session_state.get(key + "__v", 0) + 1
 
 
 def init_state() -> None:
@@ -60,8 +119,17 @@ def current_model() -> ModelChoice:
 
 
 def set_model(choice: ModelChoice) -> None:
-    """Commit a model choice for every page."""
+    """Commit a model choice for every page (and show it in the sidebar at once)."""
     st.session_state[MODEL_KEY] = choice
+    draw_sidebar()
+
+
+def set_allocation(allocation: Allocation, choice: ModelChoice, **provenance: Any) -> None:
+    """Store ``allocation`` for the Fine-tune page, tied to the model and fit it was made for;
+    ``provenance`` (layer_score, exclude_unreliable, shape) travels with it to the run row."""
+    st.session_state[ALLOCATION_KEY] = {**allocation.to_dict(), **provenance}
+    st.session_state[ALLOCATION_FOR_KEY] = allocation_key(choice.kind, choice.ref, choice.fit)
+    draw_sidebar()
 
 
 @st.cache_resource(show_spinner=False)
@@ -165,9 +233,15 @@ def model_context() -> dict[str, Any] | None:
     }
 
 
-def chosen_allocation() -> Allocation | None:
-    """The allocation stored by "use for fine-tune", if any."""
-    data = st.session_state.get(ALLOCATION_KEY)
+def chosen_allocation(choice: ModelChoice | None = None) -> Allocation | None:
+    """The allocation stored by "use for fine-tune" for ``choice`` (the current model by
+    default) and its fit; None when there is none, or it was made for another model or fit."""
+    choice = choice or current_model()
+    data = allocation_for(
+        st.session_state.get(ALLOCATION_KEY),
+        st.session_state.get(ALLOCATION_FOR_KEY),
+        allocation_key(choice.kind, choice.ref, choice.fit),
+    )
     if not data:
         return None
     try:

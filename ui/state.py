@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from alphalora.allocation.model import METHOD_OFFICIAL, Allocation
-from alphalora.allocation.params import LLAMA_TARGETS, trainable_parameters
+from alphalora.allocation.params import trainable_parameters
 from alphalora.allocation.shapes import mola_shape, uniform
 from alphalora.allocation.softmax_rules import alphalora_allocation, alphalora_official
 from alphalora.errors import AlphaLoRAError
+from alphalora.finetune.preflight import module_shapes_from_records
 
 # --------------------------------------------------------------------------- model choices
 
@@ -126,13 +127,8 @@ def module_shapes_from_matrices(matrices: pd.DataFrame) -> dict[str, tuple[int, 
     block = matrices[matrices["layer"].notna()]
     if block.empty:
         raise AlphaLoRAError("The analysis has no transformer-block matrices to size adapters on.")
-    first = block.sort_values("layer", kind="stable").drop_duplicates("kind")
-    shapes = {
-        str(k): (int(c), int(r))
-        for k, r, c in zip(first["kind"], first["rows"], first["cols"], strict=True)
-    }
-    order = {k: i for i, k in enumerate(LLAMA_TARGETS)}
-    return dict(sorted(shapes.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    records = zip(block["layer"], block["kind"], block["rows"], block["cols"], strict=True)
+    return module_shapes_from_records(records)
 
 
 def parameters_table(

@@ -94,7 +94,7 @@ def allocation_label(record: Mapping[str, Any] | None, method: str | None = None
         name = "AlphaLoRA" + (" official" if mode == "official" else "")
         parts = [f"T={total}"] if total else []
         if isinstance(beta, int | float):
-            parts.append(f"β={beta:g}" if beta else "β=0 (τ=∞)")
+            parts.append(f"β={beta:.3g}" if beta else "β=0 (τ=∞)")
         return f"{name} ({', '.join(parts)})" if parts else name
     if mode == "mola":
         shape = _shape(kind if isinstance(kind, str) else None, record.get("shape")) or "?"

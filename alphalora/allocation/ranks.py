@@ -146,7 +146,7 @@ def allocate_ranks(
         alphas=tuple(float(x) for x in a),
         min_rank=low,
         max_rank=high,
-        label=f"LoRA ranks by α (R={total}, β={b:g}{bounds})",
+        label=f"LoRA ranks by α (R={total}, β={b:.3g}{bounds})",
     )
 
 

@@ -78,7 +78,7 @@ def alphalora_official(
         )
     experts = tuple(int(x) for x in n)
     zero = [i for i, x in enumerate(experts) if x == 0]
-    label = f"AlphaLoRA official (T={target}, β={b:g})"
+    label = f"AlphaLoRA official (T={target}, β={b:.3g})"
     if zero:
         label += f" — layer(s) {zero} got 0 experts"
     return Allocation(
@@ -134,5 +134,5 @@ def alphalora_allocation(
         alphas=tuple(float(x) for x in a),
         min_experts=low,
         max_experts=high,
-        label=f"AlphaLoRA (T={target}, β={b:g}{bounds})",
+        label=f"AlphaLoRA (T={target}, β={b:.3g}{bounds})",
     )

@@ -11,12 +11,16 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from alphalora.plots.style import (
-    COLOURS,
     LAYER_AXIS_TITLE,
     STEP_AXIS_TITLE,
     apply_layout,
     empty_figure,
+    layer_dtick,
+    run_colour,
 )
+
+SHARE_COLUMNS = ("accuracy",)
+"""Metrics that are shares in [0, 1]: their axis is fixed to that range."""
 
 
 def _run_label(run_id: str, labels: Mapping[str, str] | None) -> str:
@@ -33,7 +37,8 @@ def metric_curves_figure(
     split: str | None = None,
     log_y: bool = False,
 ) -> go.Figure:
-    """One line per run (and per split, eval dashed) of ``column`` against the step."""
+    """One line per run (and per split, eval dashed) of ``column`` against the step; each run
+    in its own colour (:func:`~alphalora.plots.style.run_colour`), shares on a [0, 1] axis."""
     if metrics is None or metrics.empty or column not in metrics.columns:
         return empty_figure("No values logged yet.", STEP_AXIS_TITLE, y_title, title)
     df = metrics if split is None else metrics[metrics["split"] == split]
@@ -42,7 +47,8 @@ def metric_curves_figure(
         return empty_figure("No values logged yet.", STEP_AXIS_TITLE, y_title, title)
     fig = go.Figure()
     run_ids = list(dict.fromkeys(df["run_id"]))
-    for i, run_id in enumerate(run_ids):
+    share = column in SHARE_COLUMNS
+    for run_id in run_ids:
         for split_name, part in df[df["run_id"] == run_id].groupby("split", sort=True):
             name = _run_label(run_id, labels)
             if df["split"].nunique() > 1:
@@ -51,14 +57,16 @@ def metric_curves_figure(
                 go.Scatter(
                     x=part["step"], y=part[column].astype(float), mode="lines+markers",
                     name=name,
-                    line={"color": COLOURS[i % len(COLOURS)], "width": 2,
+                    line={"color": run_colour(run_id), "width": 2,
                           "dash": "solid" if split_name == "train" else "dash"},
-                    marker={"size": 4 if split_name == "train" else 7},
+                    marker={"size": 4 if split_name == "train" else 7}, cliponaxis=not share,
                     hovertemplate=f"{name}<br>step %{{x}}<br>{column} = %{{y:.4g}}<extra></extra>",
                 )
             )  # fmt: skip
     if log_y:
         fig.update_yaxes(type="log", exponentformat="power")
+    elif share:
+        fig.update_yaxes(range=[0.0, 1.0])
     return apply_layout(fig, title, STEP_AXIS_TITLE, y_title)
 
 
@@ -101,35 +109,45 @@ def router_load_figure(
         )
     )  # fmt: skip
     fig.update_xaxes(dtick=1)
+    fig.update_yaxes(dtick=layer_dtick(z.shape[0]))  # whole layers, never "0.5"
     return apply_layout(fig, title, "expert index (within the layer)", LAYER_AXIS_TITLE)
+
+
+def _bar_text(values: pd.Series) -> list[str]:
+    """Bar labels: three decimals, nothing for a value that was never measured (no "NaN")."""
+    return ["" if not np.isfinite(v) else f"{v:.3f}" for v in values.astype(float)]
 
 
 def run_comparison_figure(
     table: pd.DataFrame, *, title: str = "Held-out accuracy: before → after"
 ) -> go.Figure:
     """Grouped bars of accuracy before/after per run (``label``, ``accuracy_before``,
-    ``accuracy_after`` columns); ``<column>_low``/``_high`` columns, when present, draw each
-    bar's 95 % interval as an error bar."""
+    ``accuracy_after`` and, for the run's colour, ``run_id`` columns); "before" is hatched;
+    ``<column>_low``/``_high`` columns, when present, draw each bar's 95 % interval as an error bar."""
     if table is None or table.empty:
         return empty_figure(
             "Select runs to compare.", "run", "accuracy (share correct, 0–1)", title
         )
+    ids = table["run_id"] if "run_id" in table else table["label"]
+    colours = [run_colour(str(r)) for r in ids]
     fig = go.Figure()
-    for i, (col, name) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
+    for col, name in (("accuracy_before", "before"), ("accuracy_after", "after")):
         if col not in table:
             continue
         values = pd.to_numeric(table[col], errors="coerce")
+        before = name == "before"
         fig.add_trace(
             go.Bar(
-                x=table["label"], y=values, name=name,
-                marker_color=COLOURS[i * 2], text=values.round(3),
-                textposition="outside",
+                x=table["label"], y=values, name=name, text=_bar_text(values),
+                textposition="outside", cliponaxis=False,
+                marker={"color": colours, "opacity": 0.45 if before else 1.0,
+                        "pattern": {"shape": "/" if before else ""}},
                 hovertemplate="%{x}<br>" + name + ": %{y:.3f}<extra></extra>",
                 error_y=_interval_bars(table, col, values),
             )
         )  # fmt: skip
     fig.update_layout(barmode="group")
-    fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(range=[0.0, 1.0])
     return apply_layout(fig, title, "run", "accuracy (share correct, 0–1)")
 
 

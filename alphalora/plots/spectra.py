@@ -148,6 +148,23 @@ def power_law_density(lam: np.ndarray, alpha: float, xmin: float, tail_share: fl
     return tail_share * (alpha - 1.0) / xmin * np.power(lam / xmin, -alpha)
 
 
+def clipped_power_law(
+    alpha: float, xmin: float, share: float, lam_max: float, y_lo: float, y_hi: float, n: int = 80
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Points (λ, p(λ)) of the fitted tail density restricted to the plotted box: λ from xmin
+    to the largest eigenvalue and p within [y_lo, y_hi] (a steep fit, α ≈ 16, would otherwise
+    run off the bottom of the chart). ``None`` when no part of the line is inside the box."""
+    if not (alpha > 1 and xmin > 0 and share > 0 and lam_max > 0 and 0 < y_lo < y_hi):
+        return None
+    top = share * (alpha - 1.0) / xmin  # p(xmin); p falls as λ^(−α) from there
+    lo = xmin * max(1.0, (top / y_hi) ** (1.0 / alpha))  # where p comes down to y_hi
+    hi = min(max(lam_max, xmin * 1.01), xmin * (top / y_lo) ** (1.0 / alpha))  # p reaches y_lo
+    if not hi > lo:
+        return None
+    lam = np.logspace(math.log10(lo), math.log10(hi), n)
+    return lam, np.clip(power_law_density(lam, alpha, xmin, share), y_lo, y_hi)
+
+
 def _vertical(x: float, y_lo: float, y_hi: float, name: str, colour: str, dash: str) -> go.Scatter:
     return go.Scatter(
         x=[x, x], y=[y_lo, y_hi], mode="lines", name=name,
@@ -198,26 +215,28 @@ def esd_figure(
         and xmin > 0
     ):
         tail = n_tail if n_tail is not None else int(np.count_nonzero(pos >= xmin))
-        share = tail / pos.size
-        lam = np.logspace(math.log10(xmin), math.log10(max(lam_max, xmin * 1.01)), 80)
-        fig.add_trace(
-            go.Scatter(
-                x=lam, y=power_law_density(lam, alpha, xmin, share), mode="lines",
-                name=f"power law α = {alpha:.2f}", line={"color": COLOURS[1], "width": 3},
-                hovertemplate="λ = %{x:.4g}<br>fit density = %{y:.3g}<extra></extra>",
-            )
-        )  # fmt: skip
+        line = clipped_power_law(alpha, xmin, tail / pos.size, lam_max, y_lo, y_hi)
+        if line is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=line[0], y=line[1], mode="lines",
+                    name=f"power law α = {alpha:.2f}", line={"color": COLOURS[1], "width": 3},
+                    hovertemplate="λ = %{x:.4g}<br>fit density = %{y:.3g}<extra></extra>",
+                )
+            )  # fmt: skip
         fig.add_trace(_vertical(xmin, y_lo, y_hi, f"xmin = {xmin:.4g}", COLOURS[1], "dash"))
     if compare_xmin is not None and compare_xmin > 0:
         tail_vals = pos[pos >= compare_xmin]
         if tail_vals.size >= 2:
             s = float(np.sum(np.log(tail_vals / compare_xmin)))
-            if s > 0:
-                a2 = 1.0 + tail_vals.size / s
-                lam = np.logspace(math.log10(compare_xmin), math.log10(lam_max), 60)
+            a2 = 1.0 + tail_vals.size / s if s > 0 else math.nan
+            line = clipped_power_law(
+                a2, compare_xmin, tail_vals.size / pos.size, lam_max, y_lo, y_hi, n=60
+            )
+            if line is not None:
                 fig.add_trace(
                     go.Scatter(
-                        x=lam, y=power_law_density(lam, a2, compare_xmin, tail_vals.size / pos.size),
+                        x=line[0], y=line[1],
                         mode="lines", name=f"from your xmin: α = {a2:.2f}",
                         line={"color": COLOURS[4], "width": 2, "dash": "dot"},
                         hovertemplate="λ = %{x:.4g}<br>density = %{y:.3g}<extra></extra>",

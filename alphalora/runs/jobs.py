@@ -20,6 +20,7 @@ from pathlib import Path
 import alphalora
 from alphalora import paths
 from alphalora.errors import AlphaLoRAError
+from alphalora.runs import children
 from alphalora.store.records import (
     ACTIVE_STATUSES,
     DB_ENV_VAR,
@@ -36,9 +37,6 @@ QUEUE_GRACE_S = 120.0
 """A queued run with no pid for this long lost the process that was starting it."""
 PID_REUSE_SLACK_S = 300.0
 """A live process that started this long after the run's last sign of life is not the run's."""
-
-_CHILDREN: dict[int, subprocess.Popen] = {}
-"""Processes this process spawned, kept so they are reaped (no zombies) and polled exactly."""
 
 
 def trainer_command(python: str | None = None, num_processes: int = 1) -> list[str]:
@@ -76,12 +74,9 @@ def is_alive(pid: int | None) -> bool:
     if not pid or int(pid) <= 0:
         return False
     pid = int(pid)
-    child = _CHILDREN.get(pid)
+    child = children.poll_child(pid)  # a process we started: polled (and reaped) exactly
     if child is not None:
-        if child.poll() is None:
-            return True
-        _CHILDREN.pop(pid, None)
-        return False
+        return child
     try:  # a child of ours spawned elsewhere in this process: reap it if it has exited
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -151,7 +146,7 @@ def run_process_alive(run: dict) -> bool:
     pid = run.get("pid")
     if not is_alive(pid):
         return False
-    if pid in _CHILDREN or run["run_id"] in _cmdline(int(pid)):
+    if children.tracked(int(pid)) or run["run_id"] in _cmdline(int(pid)):
         return True
     started = _process_start(int(pid))
     last = _last_sign_of_life(run)
@@ -206,7 +201,7 @@ def _spawn(
             raise AlphaLoRAError(
                 f"Run {run_id}: {message}. Check the Python interpreter/command."
             ) from exc
-    _CHILDREN[proc.pid] = proc
+    children.track(proc)
     paths.atomic_write_json(
         folder / "launch.json",
         {"argv": argv, "launcher": launcher, "pid": proc.pid, "launched_at": now_iso()},
@@ -364,7 +359,9 @@ def resume_run(
 
 def reconcile(store: RunStore | None = None) -> list[str]:
     """Mark queued/running runs whose process is gone as interrupted; returns their ids.
-    Cheap (reads active runs only): the CLI and the app call it whenever they look."""
+    Cheap (reads active runs only): the CLI and the app call it whenever they look. Trainers
+    started here that have ended are reaped first, so none is left a zombie."""
+    children.reap_children()
     store = store or RunStore()
     now = datetime.now(UTC)
     changed = []
