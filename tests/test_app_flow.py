@@ -5,6 +5,7 @@ model. Uses the seeded data directory of ``test_app_pages``."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -162,7 +163,19 @@ def test_a_launch_with_a_bad_model_shows_an_error_and_writes_no_run(model, messa
 
 def test_an_absurd_or_mismatched_allocation_is_refused_before_launch(tiny):
     at = _app().switch_page("pages/2_Allocation.py").run()
-    huge = Allocation(experts=(10**9,) * 30, top_k=(2,) * 30, method="custom", budget=30 * 10**9)
+    # 10⁹ experts per layer is over the library's bound: refused on import, no traceback.
+    absurd = {
+        **Allocation(experts=(1,) * 30, top_k=(1,) * 30, method="custom", budget=30).to_dict()
+    }
+    absurd.update(experts=[10**9] * 30, budget=30 * 10**9)
+    at.file_uploader(key="alloc_import").set_value(
+        ("absurd.json", json.dumps(absurd).encode(), "application/json")
+    )
+    at.run()
+    assert not at.exception
+    assert any("supported maximum" in e.value for e in at.error)
+    # 30,000 per layer is within the bound (900,000 in all) but dwarfs the model: refused at launch.
+    huge = Allocation(experts=(30_000,) * 30, top_k=(2,) * 30, method="custom", budget=900_000)
     at.file_uploader(key="alloc_import").set_value(
         ("huge.json", huge.to_json().encode(), "application/json")
     )
@@ -170,10 +183,10 @@ def test_an_absurd_or_mismatched_allocation_is_refused_before_launch(tiny):
     at.button(key="alloc_use").click().run()
     assert not at.exception
     at.switch_page(FT).run()
-    assert "(30000000000 experts)" in at.multiselect(key="ft_allocs").format_func("current")
+    assert "(900000 experts)" in at.multiselect(key="ft_allocs").format_func("current")
     at.button(key="ft_launch").click().run()
     error = next(e.value for e in at.error if e.value.startswith("Not launched"))
-    assert "30,000,000,000 experts" in error and "parameters of the model itself" in error
+    assert "900,000 experts" in error and "parameters of the model itself" in error
     # The embedded model's allocation (30 layers) on the 2-layer tiny model: refused too.
     at.text_input(key="ft_model").set_value(str(tiny)).run()
     at.button(key="ft_launch").click().run()

@@ -65,11 +65,11 @@ def test_fine_tune_page_launches_named_seeded_and_equal_parameter_runs(monkeypat
     at.button(key="alloc_use").click().run()
     at.switch_page("pages/3_Fine-tune.py").run()
     _clean(at)
-    options = at.multiselect(key="ft_allocs").options
-    ranks = next(o for o in options if o.startswith("LoRA with ranks by α"))
-    flat = next(o for o in options if o.startswith("LoRA with a uniform rank"))
-    current = at.multiselect(key="ft_allocs").value[0]
-    at.multiselect(key="ft_allocs").set_value([current, ranks, flat]).run()
+    label = at.multiselect(key="ft_allocs").format_func
+    assert label("lora-ranks").startswith("LoRA with ranks by α")
+    assert label("lora-uniform").startswith("LoRA with a uniform rank")
+    assert at.multiselect(key="ft_allocs").value == ["current"]
+    at.multiselect(key="ft_allocs").set_value(["current", "lora-ranks", "lora-uniform"]).run()
     _clean(at)
     assert any(c.value.startswith("Equal parameters: MoE-LoRA") for c in at.caption)
     at.number_input(key="ft_seeds").set_value(2)
@@ -117,7 +117,8 @@ def test_runs_page_shows_intervals_paired_tests_and_seed_means():
     b = _run_with_predictions(store, "better", better)
     c = _run_with_predictions(store, "near", near, group="g")
     at = _app().switch_page("pages/4_Runs.py").run()
-    at.multiselect(key="runs_selected").set_value([a, b, c]).run()
+    picker = next(m for m in at.multiselect if m.label == "Runs to compare")
+    picker.set_value([a, b, c]).run()
     _clean(at)
     assert "better allocation" in at.dataframe[0].value["allocation"].tolist()
     acc = _charts(at)[0]
@@ -130,7 +131,7 @@ def test_runs_page_shows_intervals_paired_tests_and_seed_means():
     row = pairs[(pairs["run_a"].str.startswith("base")) & (pairs["run_b"].str.startswith("bet"))]
     assert row["p_value"].item() < 0.001 and row["only_b"].item() == 30
     # base and near were launched as two seeds of one allocation: mean ± interval is drawn
-    titles = [c["layout"]["title"]["text"] for c in _charts(at)]
+    titles = [c["layout"]["title"]["text"].replace("<br>", " ") for c in _charts(at)]
     assert any(t.startswith("Accuracy per allocation: mean over seeds") for t in titles)
     group_fig = next(
         c for c in _charts(at) if c["layout"]["title"]["text"].startswith("Accuracy per")
