@@ -16,18 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from alphalora.finetune.run_progress import PHASES
 from alphalora.runs.jobs import RESUMABLE_STATUSES
 from alphalora.store.records import ACTIVE_STATUSES, parse_time
 
-PHASES = (
-    "loading task",
-    "loading model",
-    "resolving allocation",
-    "evaluating",
-    "training",
-    "saving",
-    "finished",
-)
 _RECENT_STEPS = 20  # seconds per step: median over the latest steps
 
 
